@@ -1,0 +1,231 @@
+"""Turn image and mask files of any format into the tensors every dataset returns.
+
+All decoding goes through `read_image`, so every file meets the same rules: the EXIF (or XMP)
+orientation tag is applied (`ImageOps.exif_transpose`), so an image shot in portrait mode is
+seen the way a viewer shows it; the file is decoded in full, so a truncated file fails here
+rather than deep inside a data loader; and any failure is one `DataError` line that starts
+with the path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from rlr.errors import DataError
+
+#: Largest image (width * height) read by default; larger files are refused as a likely mistake
+#: or decompression bomb. Pass `max_pixels` to raise it (Pillow's own limit still applies).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+_WARNINGS_LOCK = threading.Lock()
+_INT32_MIN = float(np.iinfo(np.int32).min)
+_INT32_SPAN = float(np.iinfo(np.int32).max) - _INT32_MIN
+_UINT16_MAX = float(np.iinfo(np.uint16).max)
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+# Leading bytes of common formats: a file that starts like an image but that Pillow cannot
+# identify has a broken header, which is worth telling apart from a file of another kind.
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(head: bytes) -> bool:
+    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@contextmanager
+def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
+    """Open `path` lazily (header only), turning every way this can fail into a DataError."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image file") from None
+    except PermissionError:
+        raise DataError(f"{path}: cannot read file (permission denied)") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read file ({_one_line(error)})") from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        try:
+            # Our own limit below replaces Pillow's warning (its hard error still applies).
+            # catch_warnings changes process-wide state, hence the lock; it only spans the
+            # header parse, so parallel decoding is not held up.
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(handle)
+        except UnidentifiedImageError:
+            handle.seek(0)
+            if _looks_like_image(handle.read(12)):
+                raise DataError(f"{path}: truncated or corrupt image (unreadable header)") from None
+            raise DataError(f"{path}: not an image file") from None
+        except Image.DecompressionBombError as error:
+            raise DataError(f"{path}: image too large ({_one_line(error)})") from None
+        except Exception as error:  # a plugin failing on a malformed header
+            raise DataError(f"{path}: truncated or corrupt image ({_one_line(error)})") from None
+        with image:
+            pixels = image.width * image.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise DataError(f"{path}: image too large ({pixels} pixels > {max_pixels})")
+            yield image
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Decode a whole image file, EXIF orientation applied, in its own PIL mode."""
+    path = Path(path)
+    with _opened(path, MAX_IMAGE_PIXELS if max_pixels is None else max_pixels) as image:
+        try:
+            image.load()
+            return ImageOps.exif_transpose(image)
+        except Exception as error:  # truncated data, bad CRC, broken EXIF: all mean "corrupt"
+            raise DataError(f"{path}: truncated or corrupt image ({_one_line(error)})") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) as `read_image` will see it (EXIF orientation applied), header only.
+
+    A PNG's orientation is read only when its eXIf chunk precedes the pixel data (where the PNG
+    specification puts it); reading a late chunk would need a full decode.
+    """
+    path = Path(path)
+    with _opened(path, max_pixels=None) as image:
+        width, height = image.size
+        if image.format == "PNG" and "exif" not in image.info:
+            return width, height
+        try:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception as error:
+            raise DataError(f"{path}: corrupt EXIF data ({_one_line(error)})") from None
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def _without_alpha(image: Image.Image) -> Image.Image:
+    """8-bit RGB; alpha is dropped (not composited), so stored colours are kept as they are."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow's supported route for palette transparency
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image, path: str | os.PathLike) -> torch.Tensor:
+    """Pixels as float32 (C, H, W) in [0, 1]: C = 1 for single-channel modes, else 3.
+
+    8-bit modes (1, L, P, RGB, CMYK, YCbCr, ...) are divided by 255; alpha is dropped.
+    16-bit modes (I;16*) are divided by 65535. Mode I (32-bit integer; Pillow also uses it for
+    some 16-bit files) is divided by 65535 when its values fit in 16 bits, else the int32 range
+    is mapped onto [0, 1]. Mode F (float) must already lie in [0, 1]: there is no range to infer.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        pixels = torch.from_numpy(np.asarray(image).astype(np.float32) / _UINT16_MAX)
+    elif mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > _UINT16_MAX):
+            pixels = torch.from_numpy(((values - _INT32_MIN) / _INT32_SPAN).astype(np.float32))
+        else:
+            pixels = torch.from_numpy(values.astype(np.float32) / _UINT16_MAX)
+    elif mode == "F":
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32))
+        if not torch.isfinite(pixels).all():
+            raise DataError(f"{path}: float image holds NaN or infinite values")
+        if pixels.numel() and (pixels.min() < 0 or pixels.max() > 1):
+            raise DataError(
+                f"{path}: float image values span [{pixels.min():g}, {pixels.max():g}], "
+                "expected [0, 1]; rescale the file"
+            )
+    elif mode in ("1", "L"):
+        pixels = torch.from_numpy(np.array(image.convert("L"))).float().div_(255)
+    else:
+        try:
+            rgb = _without_alpha(image)
+        except (ValueError, OSError) as error:
+            raise DataError(f"{path}: unsupported image mode {mode} ({_one_line(error)})") from None
+        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255)
+    return pixels.unsqueeze(0)
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+
+
+def load_image(
+    path: str | os.PathLike, size: int, max_pixels: int | None = None
+) -> torch.Tensor:
+    """Read any image file as float32 (3, size, size) in [0, 1].
+
+    Any PIL mode is accepted (see `to_tensor`; alpha is dropped, not composited; CMYK uses
+    Pillow's plain conversion without ICC profiles); the EXIF orientation is applied; the image
+    is resized bilinearly with antialiasing, ignoring its aspect ratio.
+    """
+    _check_size(size)
+    return resize_image(to_tensor(read_image(path, max_pixels), path), size)
+
+
+def resize_image(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) from `to_tensor` -> (3, size, size): bilinear with antialiasing, grey to RGB."""
+    _check_size(size)
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(
+            pixels.unsqueeze(0),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )[0].clamp_(0, 1)
+    return pixels.expand(3, -1, -1).contiguous()
+
+
+def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a mask file as a bool (H, W) array: True where any colour channel is > 0.
+
+    Alpha is ignored, so a transparent-but-coloured pixel counts as anomalous; palette masks
+    are judged by their colours (black = normal), not by their palette indices.
+    """
+    image = read_image(path, max_pixels)
+    if image.mode in ("1", "L", "I", "F") or image.mode.startswith("I;16"):
+        return np.asarray(image) > 0
+    try:
+        rgb = _without_alpha(image)
+    except (ValueError, OSError) as error:
+        problem = f"unsupported mask mode {image.mode} ({_one_line(error)})"
+        raise DataError(f"{path}: {problem}") from None
+    return (np.asarray(rgb) > 0).any(axis=2)
+
+
+def load_mask(
+    path: str | os.PathLike, size: int, expected_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Read a mask as float32 (1, size, size) in {0, 1}: binarised at > 0, resized nearest.
+
+    `expected_size` is the image's own (width, height); a mask drawn at another size cannot be
+    aligned with its image, so it is refused rather than stretched.
+    """
+    _check_size(size)
+    mask = read_mask(path)
+    height, width = mask.shape
+    if expected_size is not None and (width, height) != tuple(expected_size):
+        raise DataError(
+            f"{path}: mask size {width}x{height} differs from its image's size "
+            f"{expected_size[0]}x{expected_size[1]}"
+        )
+    tensor = torch.from_numpy(mask).float()[None, None]
+    if (height, width) != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
+    return tensor[0]

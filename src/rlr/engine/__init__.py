@@ -1,0 +1,1 @@
+"""Training and evaluation glue: the only place that loops over data."""

@@ -1,0 +1,102 @@
+"""Build the pieces a run needs (data split, extractor, cache, model, device) from a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rlr.config import RunConfig
+from rlr.data.folder import discover_folder
+from rlr.data.mvtec import discover_mvtec
+from rlr.data.types import ImageRecord
+from rlr.errors import ConfigError
+from rlr.features.backbone import FeatureExtractor
+from rlr.features.cache import FeatureCache, default_cache_dir, extractor_key
+from rlr.features.extract import extract_features
+from rlr.models.rlr import RLR
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available")
+    return device
+
+
+def build_split(config: RunConfig):
+    """The unified training set and the per-class test sets the config names."""
+    data = config.data
+    if data.format == "folder":
+        if not data.train_dir:
+            raise ConfigError("data.format=folder needs data.train_dir")
+        return discover_folder(
+            data.train_dir,
+            data.test_normal_dir or None,
+            data.test_abnormal_dir or None,
+            data.mask_dir or None,
+            class_name=config.name,
+        )
+    if not data.root:
+        raise ConfigError("data.root is empty: point it at a dataset (or run `rlr demo`)")
+    return discover_mvtec(data.root, data.classes)
+
+
+def build_extractor(config: RunConfig) -> FeatureExtractor:
+    b = config.backbone
+    return FeatureExtractor(b.name, b.out_indices, b.weights_file, b.allow_download, b.smoothing)
+
+
+def build_cache(config: RunConfig, extractor: FeatureExtractor) -> FeatureCache:
+    root = Path(config.train.cache_dir) if config.train.cache_dir else default_cache_dir()
+    key = extractor_key(
+        extractor.backbone_name,
+        extractor.weights.identity,
+        config.data.image_size,
+        extractor.out_indices,
+        extractor.smoothing,
+    )
+    return FeatureCache(root, key)
+
+
+def features_for(
+    config: RunConfig,
+    records: Sequence[ImageRecord],
+    extractor: FeatureExtractor,
+    cache: FeatureCache,
+    device: torch.device,
+    desc: str,
+) -> list[torch.Tensor]:
+    features, _ = extract_features(
+        records,
+        extractor,
+        cache,
+        config.data.image_size,
+        batch_size=config.train.feature_batch_size,
+        device=device,
+        num_workers=config.train.num_workers,
+        desc=desc,
+    )
+    return features
+
+
+def build_model(config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> RLR:
+    m = config.model
+    try:
+        return RLR(
+            channels,
+            map_sizes,
+            m.hidden_dims,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            ffn_ratio=m.ffn_ratio,
+            windows=m.windows,
+            alpha=m.alpha,
+            num_references=m.num_references,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None

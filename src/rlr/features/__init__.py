@@ -1,0 +1,1 @@
+"""Frozen backbone features: weights resolution, extraction and the on-disk cache."""

@@ -1,0 +1,1 @@
+"""Reconstructors: plain `nn.Module`s that map backbone features to their reconstruction."""

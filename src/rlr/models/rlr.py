@@ -1,0 +1,176 @@
+"""RLR reconstructor (He et al., ECCV 2024), one per backbone feature level.
+
+The reconstruction of a feature map is assembled from a learnable reference, never from the
+input at the same place: LCA reads the reference in a local window, MLKA reads the input only
+far away (its own neighbourhood masked), and no residual connection bypasses the two.
+See docs of the method (method.md) for the equations; the names below follow them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlr.models.attention import MaskedAttention, WindowAttention, window_mask, window_neighbours
+
+DEFAULT_WINDOWS = {16: 5, 32: 7, 64: 11}  # map side -> LCA/MLKA window w (the paper's choice)
+
+
+def sincos_position_encoding(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine/cosine encoding (HW, dim): the first half of channels encodes x, the second y."""
+    if dim % 4:
+        raise ValueError(f"hidden width {dim} must be divisible by 4 for the 2-D position encoding")
+    quarter = dim // 4
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32) / quarter)
+    xs = torch.arange(width, dtype=torch.float32).repeat(height)[:, None] * freqs
+    ys = torch.arange(height, dtype=torch.float32).repeat_interleave(width)[:, None] * freqs
+    return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1)
+
+
+def resolve_window(map_size: tuple[int, int], window: int | None) -> int:
+    """The configured window, or the paper's window for this map size; an error names the gap."""
+    if window is not None:
+        return window
+    height, width = map_size
+    if height == width and height in DEFAULT_WINDOWS:
+        return DEFAULT_WINDOWS[height]
+    raise ValueError(
+        f"no default attention window for a {height}x{width} feature map "
+        f"(defaults exist for {sorted(DEFAULT_WINDOWS)}); set model.windows in the config"
+    )
+
+
+class RLRLayer(nn.Module):
+    """One layer: Z = LN(alpha * sum_i LCA(Y, R_i) + MLKA(Y, R)); Y' = LN(Z + FFN(Z))."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_ratio: int, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.lca = WindowAttention(dim, num_heads)
+        self.mlka = MaskedAttention(dim, num_heads)
+        self.fuse_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_ratio * dim), nn.GELU(), nn.Linear(ffn_ratio * dim, dim))
+        self.out_norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        references: torch.Tensor,
+        window_index: torch.Tensor,
+        window_valid: torch.Tensor,
+        far_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """tokens (B, N, d); references (K, N, d) embedded; window (N, w*w); far_mask (N, N) bool."""
+        lca = sum(self.lca(tokens, ref[None], ref[None], window_index, window_valid) for ref in references)
+        mlka = self.mlka(tokens, references.mean(0, keepdim=True), tokens, far_mask)
+        fused = self.fuse_norm(self.alpha * lca + mlka)
+        return self.out_norm(fused + self.ffn(fused))
+
+
+class LevelReconstructor(nn.Module):
+    """Reconstructs one (B, C, h, w) feature map from its learnable reference(s)."""
+
+    def __init__(
+        self,
+        channels: int,
+        map_size: tuple[int, int],
+        dim: int,
+        num_layers: int = 4,
+        num_heads: int = 8,
+        ffn_ratio: int = 4,
+        window: int | None = None,
+        alpha: float = 2.0,
+        num_references: int = 1,
+    ) -> None:
+        super().__init__()
+        height, width = map_size
+        tokens = height * width
+        self.map_size = (height, width)
+        self.num_references = num_references
+        self.window = resolve_window(self.map_size, window)
+        self.reference = nn.Parameter(torch.randn(num_references * tokens, channels))
+        self.input_embed = nn.Linear(channels, dim)
+        self.reference_embed = nn.Linear(channels, dim)
+        self.layers = nn.ModuleList(RLRLayer(dim, num_heads, ffn_ratio, alpha) for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(dim)
+        self.project = nn.Linear(dim, channels)
+        near = window_mask(height, width, self.window)
+        if near.all(dim=1).any():
+            raise ValueError(
+                f"a {self.window}x{self.window} window covers the whole {height}x{width} map, "
+                "so MLKA would see nothing; choose a smaller model.windows entry"
+            )
+        self.register_buffer("position", sincos_position_encoding(height, width, dim), persistent=False)
+        index, valid = window_neighbours(height, width, self.window)
+        self.register_buffer("window_index", index, persistent=False)
+        self.register_buffer("window_valid", valid, persistent=False)
+        self.register_buffer("far_mask", ~near, persistent=False)
+
+    def embedded_references(self) -> torch.Tensor:
+        """R_h: (K, HW, d), computed once per forward and shared by every layer."""
+        refs = self.reference.view(self.num_references, -1, self.reference.shape[-1])
+        return self.reference_embed(refs) + self.position
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = features.shape
+        if (height, width) != self.map_size:
+            raise ValueError(f"expected a {self.map_size} feature map, got {(height, width)}")
+        tokens = features.flatten(2).transpose(1, 2)
+        hidden = self.input_embed(tokens) + self.position
+        references = self.embedded_references()
+        for layer in self.layers:
+            hidden = layer(hidden, references, self.window_index, self.window_valid, self.far_mask)
+        out = self.project(self.final_norm(hidden))
+        return out.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+class RLR(nn.Module):
+    """One independent reconstructor per feature level; forward maps a list of maps to a list."""
+
+    def __init__(
+        self,
+        channels: Sequence[int],
+        map_sizes: Sequence[tuple[int, int]],
+        dims: Sequence[int],
+        num_layers: int = 4,
+        num_heads: int = 8,
+        ffn_ratio: int = 4,
+        windows: Sequence[int | None] | None = None,
+        alpha: float = 2.0,
+        num_references: int = 1,
+    ) -> None:
+        super().__init__()
+        levels = len(channels)
+        if not (len(map_sizes) == len(dims) == levels):
+            raise ValueError(
+                f"got {levels} feature levels but {len(dims)} hidden widths and {len(map_sizes)} map sizes"
+            )
+        windows = list(windows) if windows is not None else [None] * levels
+        if len(windows) != levels:
+            raise ValueError(f"got {levels} feature levels but {len(windows)} attention windows")
+        self.levels = nn.ModuleList(
+            LevelReconstructor(c, tuple(s), d, num_layers, num_heads, ffn_ratio, w, alpha, num_references)
+            for c, s, d, w in zip(channels, map_sizes, dims, windows)
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [level(f) for level, f in zip(self.levels, features)]
+
+
+def feature_jitter(features: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """F + J with J = eps * (||F_t|| / C) * scale per token t, eps ~ N(0, I): the training input."""
+    channels = features.shape[1]
+    token_norm = features.norm(dim=1, keepdim=True)
+    noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
+    return features + noise * (token_norm / channels) * scale
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE + mean over tokens of (1 - cosine similarity along channels), for one level."""
+    mse = F.mse_loss(reconstruction, target)
+    cosine = F.cosine_similarity(reconstruction, target, dim=1)
+    return mse + (1.0 - cosine).mean()

@@ -1,0 +1,1 @@
+"""Tables, figures and reports written into a run directory."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny built-in demo dataset and a fast config for end-to-end tests."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlr.data.demo import generate_demo
+
+REALMINI = Path(os.environ.get("RLR_REALMINI", Path(__file__).resolve().parents[2] / "shared" / "data" / "realmini"))
+
+# 128 px keeps every test quick: Lite0 gives 16x16 and 8x8 maps, windows 5 and 3.
+TINY = (
+    "data.image_size=128",
+    "model.windows=[5, 3]",
+    "model.hidden_dims=[32, 64]",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "train.epochs=2",
+    "train.batch_size=8",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A small demo set (4 classes, 6 train / 3 good / 2 per defect kind) at 128 px."""
+    root = tmp_path_factory.mktemp("demo") / "data"
+    return generate_demo(root, seed=0, image_size=128, n_train=6, n_test_good=3, n_test_defect=2)
+
+
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture
+def realmini() -> Path:
+    if not REALMINI.is_dir():
+        pytest.skip(f"realmini data not found at {REALMINI} (set RLR_REALMINI to its path)")
+    return REALMINI
