@@ -36,15 +36,28 @@ def _print_table(run_dir: Path) -> None:
 
     payload = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     print(format_table(payload["per_class"], payload["mean"]), end="")
-    print(f"results: {run_dir}/metrics.md (also .json, .csv)")
+    print(f"report: {run_dir}/report.html; tables: {run_dir}/metrics.md (also .json, .csv)")
 
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.config import load_config
-    from rlr.engine.train import train
+    from rlr.engine.train import resume_state, train
 
-    config = load_config(args.config, _overrides(extra))
-    run_dir = train(config, args.run_dir, overwrite=args.overwrite)
+    overrides = _overrides(extra)
+    if args.resume is None:
+        config = load_config(args.config, overrides)
+        run_dir = train(config, args.run_dir, overwrite=args.overwrite)
+    else:
+        epochs = [item for item in overrides if item.startswith("train.epochs=")]
+        if args.config or args.run_dir or args.overwrite or len(epochs) != len(overrides):
+            raise RlrError("--resume continues a run with its own config; only --train.epochs N may be given")
+        more = int(epochs[-1].split("=", 1)[1]) if epochs else None
+        config, state = resume_state(args.resume, more)
+        if state["epoch"] >= config.train.epochs:
+            print(f"{args.resume}: already trained for {state['epoch']} epochs; nothing to do")
+            return 0
+        print(f"resuming {args.resume} after epoch {state['epoch']}")
+        run_dir = train(config, args.resume, resume=state)
     print(f"trained: {run_dir}/last.pt")
     return 0
 
@@ -87,6 +100,110 @@ def cmd_data_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 1 if report.problems else 0
 
 
+def _no_extra(command: str, extra: Sequence[str]) -> None:
+    if extra:
+        raise RlrError(f"rlr {command}: unexpected arguments {' '.join(extra)}")
+
+
+def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.inference import Model
+    from rlr.predict import collect_inputs, predict_files
+
+    _no_extra("predict", extra)
+    model = Model.load(args.run, args.device)
+    if args.class_name is not None and args.class_name not in model.class_names:
+        raise RlrError(f"unknown class '{args.class_name}' (this run knows: {', '.join(model.class_names) or 'none'})")
+    files, problems = collect_inputs(args.paths)
+    out_dir = args.out or Path(args.run) / "predictions"
+    summary = predict_files(
+        model, files, out_dir, args.class_name,
+        overlays=not args.no_overlays, save_maps=args.save_maps, full_size_maps=args.full_size_maps,
+        batch_size=args.batch_size,
+    )
+    problems += summary.problems
+    decided = "no threshold: run `rlr calibrate` for decisions"
+    if model.thresholds is not None:
+        decided = f"{summary.anomalous} anomalous"
+    print(f"scored {summary.scored} images ({decided}): {summary.csv_path}")
+    for problem in problems:
+        print(f"rlr: skipped: {problem}", file=sys.stderr)
+    if problems:
+        print(f"rlr: {len(problems)} input(s) skipped", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_calibrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.calibrate import THRESHOLDS_NAME, calibrate
+    from rlr.inference import Model
+
+    _no_extra("calibrate", extra)
+    model = Model.load(args.run, args.device, use_thresholds=False)
+    payload = calibrate(model, args.normal, args.quantile, args.fpr, args.batch_size)
+    for name, entry in [("global", payload["global"]), *payload["per_class"].items()]:
+        print(f"{name}: threshold {entry['threshold']:.6g} from {entry['n_images']} normal images")
+    print(f"quantile {payload['quantile']:g} of normal scores -> {Path(args.run) / THRESHOLDS_NAME}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.export import export
+    from rlr.inference import Model
+
+    _no_extra("export", extra)
+    model = Model.load(args.run, "cpu")
+    path = export(model, args.format, args.out or Path(args.run) / args.format)
+    print(f"exported: {path} (+ model.json, rlr_onnx_runner.py beside it)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.inference import Model
+    from rlr.serve import serve
+
+    _no_extra("serve", extra)
+    serve(Model.load(args.run, args.device), args.port, args.max_upload_mb)
+    return 0
+
+
+def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
+    """predict, calibrate, export, serve: everything that uses a trained run on new images."""
+    predict = sub.add_parser("predict", help="score images: CSV of scores/decisions, heatmap overlays, maps")
+    predict.add_argument("run", help="run directory written by rlr train")
+    predict.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    predict.add_argument("--out", type=Path, help="output folder (default: RUN/predictions)")
+    predict.add_argument("--class", dest="class_name", help="use this class's threshold for every image")
+    predict.add_argument("--save-maps", action="store_true", help="also write each anomaly map as .npy (float32)")
+    predict.add_argument("--full-size-maps", action="store_true", help="maps at each image's size, not the model's")
+    predict.add_argument("--no-overlays", action="store_true", help="skip the heatmap overlay PNGs")
+    predict.add_argument("--batch-size", type=int, help="images per forward pass (default: eval.batch_size)")
+    predict.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
+    predict.set_defaults(handler=cmd_predict)
+
+    calibrate = sub.add_parser("calibrate", help="set accept/reject thresholds from held-out normal images")
+    calibrate.add_argument("run", help="run directory written by rlr train")
+    calibrate.add_argument("--normal", required=True, type=Path,
+                           help="normal images: <dir>/<class>/train/good, <dir>/<class>/..., or any folder")
+    rule = calibrate.add_mutually_exclusive_group()
+    rule.add_argument("--quantile", type=float, help="threshold = this quantile of normal scores (default 0.99)")
+    rule.add_argument("--fpr", type=float, help="target false-positive rate on normal images (= 1 - quantile)")
+    calibrate.add_argument("--batch-size", type=int, help="images per forward pass (default: eval.batch_size)")
+    calibrate.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
+    calibrate.set_defaults(handler=cmd_calibrate)
+
+    export = sub.add_parser("export", help="write the whole scorer as an ONNX model plus a JSON of its settings")
+    export.add_argument("run", help="run directory written by rlr train")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    export.add_argument("--out", type=Path, help="output folder (default: RUN/onnx)")
+    export.set_defaults(handler=cmd_export)
+
+    serve = sub.add_parser("serve", help="local web page: drop an image, see its heatmap, score and decision")
+    serve.add_argument("run", help="run directory written by rlr train")
+    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    serve.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
+    serve.set_defaults(handler=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlr", description="Unified multi-class anomaly detection (RLR).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config (default: built-in defaults, the paper's settings)")
     train.add_argument("--run-dir", type=Path, help="where to write the run (default: output_dir/name)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in that folder")
+    train.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last complete epoch")
     train.set_defaults(handler=cmd_train)
 
     test = sub.add_parser("test", help="evaluate a trained run on its test sets")
@@ -110,10 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="summarise a dataset and list every problem found")
     check.add_argument("root", help="dataset root (MVTec AD layout)")
     check.set_defaults(handler=cmd_data_check)
+    _add_inference_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names need not be valid UTF-8
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:

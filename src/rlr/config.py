@@ -141,6 +141,18 @@ def apply_override(values: dict[str, Any], item: str) -> None:
         node[keys[-1]] = raw
 
 
+def config_differences(first: dict[str, Any], second: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key whose value differs between two config dicts, as 'key: a != b'."""
+    differences = []
+    for key in sorted(set(first) | set(second)):
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key}: {a!r} != {b!r}")
+    return differences
+
+
 def save_config(config: RunConfig, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

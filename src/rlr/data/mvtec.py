@@ -14,6 +14,7 @@ from rlr.data.split import (
     DatasetSplit,
     MaskIndex,
     ProblemHandler,
+    link_problem,
     list_entries,
     list_images,
     raise_problem,
@@ -78,7 +79,8 @@ def _scan_test(class_dir: Path, on_problem: ProblemHandler) -> list[ImageRecord]
     records = []
     for type_dir in list_entries(test_dir, on_problem):
         if not type_dir.is_dir():
-            on_problem(DataError(f"{type_dir}: unexpected file in test/ (expected type folders)"))
+            problem = link_problem(type_dir) or "unexpected file in test/ (expected type folders)"
+            on_problem(DataError(f"{type_dir}: {problem}"))
             continue
         images = list_images(type_dir, on_problem)
         defect = type_dir.name

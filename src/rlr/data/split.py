@@ -8,6 +8,7 @@ check`).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -46,6 +47,22 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def link_problem(path: Path) -> str | None:
+    """Why `path`, a symbolic link, cannot be followed (a loop, a missing target), else None.
+
+    Such a link is neither a file nor a folder, so without this it would be misreported as one.
+    """
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        return "broken symbolic link (its target does not exist)"
+    return None
+
+
 def list_entries(folder: Path, on_problem: ProblemHandler = raise_problem) -> list[Path]:
     """The folder's entries, sorted, minus ignored ones; none if it cannot be listed."""
     try:
@@ -63,7 +80,9 @@ def list_images(folder: Path, on_problem: ProblemHandler = raise_problem) -> lis
     """Sorted image files in `folder`; anything else in it is reported to `on_problem`."""
     images = []
     for entry in list_entries(folder, on_problem):
-        if entry.is_dir():
+        if problem := link_problem(entry):
+            on_problem(DataError(f"{entry}: {problem}"))
+        elif entry.is_dir():
             on_problem(DataError(f"{entry}: unexpected folder inside an image folder"))
         elif not is_image_file(entry):
             expected = ", ".join(sorted(IMAGE_EXTENSIONS))

@@ -5,27 +5,36 @@ orientation tag is applied (`ImageOps.exif_transpose`), so an image shot in port
 seen the way a viewer shows it; the file is decoded in full, so a truncated file fails here
 rather than deep inside a data loader; and any failure is one `DataError` line that starts
 with the path.
+
+Size limit: an image larger than `MAX_IMAGE_PIXELS` (width * height, 8192 * 8192 by default)
+is refused from its header alone, before any pixel is decoded, so a decompression bomb (a few
+kilobytes that claim gigapixels) costs neither memory nor time. Set the environment variable
+`RLR_MAX_IMAGE_PIXELS` to change the default, or pass `max_pixels`; Pillow's own hard limit
+(`2 * PIL.Image.MAX_IMAGE_PIXELS`, about 179 M pixels) still applies above it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from rlr.errors import DataError
+from rlr.errors import ConfigError, DataError
 
 #: Largest image (width * height) read by default; larger files are refused as a likely mistake
-#: or decompression bomb. Pass `max_pixels` to raise it (Pillow's own limit still applies).
+#: or decompression bomb. `RLR_MAX_IMAGE_PIXELS` or `max_pixels` overrides it.
 MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_PIXELS_ENV = "RLR_MAX_IMAGE_PIXELS"
 
 _WARNINGS_LOCK = threading.Lock()
 _INT32_MIN = float(np.iinfo(np.int32).min)
@@ -46,20 +55,42 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-@contextmanager
-def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
-    """Open `path` lazily (header only), turning every way this can fail into a DataError."""
+def max_image_pixels() -> int:
+    """The default size limit: `$RLR_MAX_IMAGE_PIXELS` when set, else `MAX_IMAGE_PIXELS`.
+
+    Read at each call, so a limit set after import (or by a test) takes effect.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdecimal() or int(value) == 0:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={value!r}: expected a positive whole number of pixels")
+    return int(value)
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """Open a regular file for reading; a FIFO would block forever and a device never end."""
     try:
-        handle = open(path, "rb")
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise DataError(f"{path}: is a folder, not an image file")
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: not a regular file (a pipe, socket or device)")
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image file") from None
     except PermissionError:
         raise DataError(f"{path}: cannot read file (permission denied)") from None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DataError(f"{path}: symbolic link loop (the link leads back to itself)") from None
         raise DataError(f"{path}: cannot read file ({_one_line(error)})") from None
-    with handle:
+
+
+@contextmanager
+def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
+    """Open `path` lazily (header only), turning every way this can fail into a DataError."""
+    with _open_file(path) as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes)")
         try:
@@ -86,9 +117,13 @@ def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Decode a whole image file, EXIF orientation applied, in its own PIL mode."""
+    """Decode a whole image file, EXIF orientation applied, in its own PIL mode.
+
+    `max_pixels` defaults to `max_image_pixels()`; the file's content decides its format, so a
+    JPEG named `.png` loads as the JPEG it is.
+    """
     path = Path(path)
-    with _opened(path, MAX_IMAGE_PIXELS if max_pixels is None else max_pixels) as image:
+    with _opened(path, max_image_pixels() if max_pixels is None else max_pixels) as image:
         try:
             image.load()
             return ImageOps.exif_transpose(image)

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rlr.atomic import torch_save
+from rlr.config import config_differences, load_config
 from rlr.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
@@ -31,3 +33,37 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an rlr checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return state
+
+
+def ensure_same_config(checkpoint: Path, saved: object) -> dict[str, Any]:
+    """The checkpoint's config, after checking it agrees with the run's config.yaml beside it."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{checkpoint}: holds no config")
+    config_file = Path(checkpoint).parent / "config.yaml"
+    if config_file.is_file():
+        differences = [  # the epoch count may grow when a run is resumed for longer
+            d for d in config_differences(load_config(config_file).to_dict(), saved) if not d.startswith("train.epochs:")
+        ]
+        if differences:
+            raise CheckpointError(
+                f"{checkpoint}: was trained with another config than {config_file} ({'; '.join(differences)})"
+            )
+    return saved
+
+
+def load_model_state(model: nn.Module, state: object, checkpoint: Path) -> None:
+    """Load weights, or say exactly which tensors are missing, extra or of another shape."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{checkpoint}: holds no model weights")
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape
+    ]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(f"{checkpoint}: weights do not fit the model ({shown})")
+    model.load_state_dict(state)

@@ -21,11 +21,12 @@ from rlr.engine.build import (
     features_for,
     resolve_device,
 )
-from rlr.engine.checkpoint import load_checkpoint
+from rlr.engine.checkpoint import ensure_same_config, load_checkpoint, load_model_state
 from rlr.engine.train import CHECKPOINT_NAME
 from rlr.errors import CheckpointError
 from rlr.metrics import compute_metrics, mean_over_classes
 from rlr.models.rlr import RLR
+from rlr.report.html import write_html_report
 from rlr.report.tables import write_metric_tables, write_scores
 from rlr.scoring import anomaly_map, gaussian_blur, image_scores
 
@@ -43,14 +44,16 @@ class ClassResult:
 
 def load_run(run_dir: Path) -> tuple[RunConfig, RLR, dict]:
     """The run's config and its last-epoch model (never a checkpoint picked on test data)."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    path = Path(run_dir) / CHECKPOINT_NAME
+    state = load_checkpoint(path)
     try:
-        config = from_dict(state["config"])
+        config = from_dict(ensure_same_config(path, state.get("config")))
         spec = state["model_spec"]
         model = build_model(config, spec["channels"], [tuple(s) for s in spec["map_sizes"]])
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{run_dir}/{CHECKPOINT_NAME}: does not match its config ({str(exc).splitlines()[0][:200]})") from None
+    except (KeyError, TypeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: does not match its config ({detail})") from None
+    load_model_state(model, state.get("model"), path)
     model.eval()
     return config, model, state
 
@@ -78,7 +81,7 @@ def load_masks(records: Sequence[ImageRecord], image_size: int) -> np.ndarray:
 
 
 def evaluate(run_dir: Path, device_name: str | None = None) -> dict[str, ClassResult]:
-    """Test the run on every class's test set; writes metrics.{json,csv,md} and scores.csv."""
+    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv and report.html."""
     run_dir = Path(run_dir)
     config, model, _ = load_run(run_dir)
     device = resolve_device(device_name or config.train.device)
@@ -100,8 +103,11 @@ def evaluate(run_dir: Path, device_name: str | None = None) -> dict[str, ClassRe
         results[class_name] = ClassResult(list(records), scores, maps, masks, metrics)
 
     per_class = {name: r.metrics for name, r in results.items()}
-    write_metric_tables(run_dir, per_class, mean_over_classes(per_class), protocol(config))
+    mean = mean_over_classes(per_class)
+    settings = protocol(config)
+    write_metric_tables(run_dir, per_class, mean, settings)
     write_scores(run_dir / "scores.csv", {name: (r.records, r.scores) for name, r in results.items()})
+    write_html_report(run_dir, results, mean, settings, size)
     return results
 
 

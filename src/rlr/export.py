@@ -1,0 +1,127 @@
+"""Export a run's whole scorer to ONNX, with a JSON of its preprocessing and thresholds.
+
+The graph is `inference.Scorer`: images (B, 3, S, S) float32 RGB in [0, 1] -> backbone (with its
+own normalisation and 3x3 smoothing) -> RLR reconstructors -> anomaly map -> Gaussian smoothing
+-> outputs `map` (B, S, S) and `score` (B,). The batch axis
+is dynamic; the image size is fixed. Reading and resizing the image stays outside the graph and
+is described in the JSON; `onnx_runner.py` (copied beside the model) does it with Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlr import __version__
+from rlr.atomic import write_bytes, write_text
+from rlr.errors import ConfigError, RlrError
+from rlr.inference import Model
+
+OPSET = 18
+MODEL_NAME = "model.onnx"
+INFO_NAME = "model.json"
+RUNNER_NAME = "rlr_onnx_runner.py"
+INPUT_NAME, MAP_NAME, SCORE_NAME = "images", "map", "score"
+
+
+def export_onnx(model: Model, out_dir: str | Path, opset: int = OPSET, verify: bool = True) -> Path:
+    """Write model.onnx, model.json and the standalone runner into `out_dir`; returns the ONNX path.
+
+    With `verify`, onnxruntime scores two synthetic images and the largest map difference to
+    PyTorch (relative to the map range) is recorded in the JSON.
+    """
+    out_dir = Path(out_dir)
+    size = model.image_size
+    scorer = model.scorer.to("cpu")
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes baked in: S is fixed by design
+            torch.onnx.export(
+                scorer,
+                (example,),
+                buffer,
+                input_names=[INPUT_NAME],
+                output_names=[MAP_NAME, SCORE_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, MAP_NAME: {0: "batch"}, SCORE_NAME: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as exc:  # the exporter raises many types; one line is what a user can act on
+        raise RlrError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+    finally:
+        scorer.to(model.device)
+    onnx_path = out_dir / MODEL_NAME
+    write_bytes(onnx_path, buffer.getvalue())
+    info = export_info(model, opset)
+    if verify:
+        info["verification"] = _verify(model, onnx_path, example)
+    write_text(out_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    shutil.copyfile(Path(__file__).with_name("onnx_runner.py"), out_dir / RUNNER_NAME)
+    return onnx_path
+
+
+def export_info(model: Model, opset: int) -> dict:
+    """Everything a runner needs besides the graph: preprocessing, outputs, thresholds, provenance."""
+    thresholds = model.thresholds
+    return {
+        "format": 1,
+        "rlr_version": __version__,
+        "opset": opset,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, model.image_size, model.image_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "range": [0.0, 1.0],
+        },
+        "preprocessing": {
+            "image_size": model.image_size,
+            "orientation": "EXIF orientation applied",
+            "modes": "8-bit modes / 255 (alpha dropped, grey repeated to RGB); 16-bit / 65535",
+            "resize": "bilinear with antialiasing, aspect ratio ignored, float pixels, clamped to [0, 1]",
+            "normalisation": "inside the graph (the backbone's own mean/std)",
+        },
+        "outputs": {
+            MAP_NAME: f"(batch, {model.image_size}, {model.image_size}) anomaly map, Gaussian sigma "
+            f"{model.config.eval.pixel_map_sigma} (0 = unsmoothed)",
+            SCORE_NAME: f"(batch,) image score: {model.score_description}",
+        },
+        "decision": "anomalous when score > threshold",
+        "thresholds": None
+        if thresholds is None
+        else {"global": thresholds.global_threshold, "per_class": dict(thresholds.per_class)},
+        "classes": model.class_names,
+        "run": {"name": model.config.name, "checkpoint_sha256": model.checkpoint_digest},
+    }
+
+
+def _verify(model: Model, onnx_path: Path, example: torch.Tensor) -> dict:
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run([MAP_NAME, SCORE_NAME], {INPUT_NAME: example.numpy()})
+    with torch.inference_mode():
+        ref_maps, ref_scores = (t.cpu().numpy() for t in model.scorer(example.to(model.device)))
+    span = float(ref_maps.max() - ref_maps.min()) or 1.0
+    return {
+        "inputs": "2 uniform-noise images",
+        "max_map_difference_relative_to_range": float(np.abs(maps - ref_maps).max() / span),
+        "max_score_difference_relative_to_range": float(np.abs(scores - ref_scores).max() / span),
+    }
+
+
+def export(model: Model, fmt: str, out_dir: str | Path) -> Path:
+    """Dispatch on the format name (only 'onnx' so far)."""
+    if fmt != "onnx":
+        raise ConfigError(f"unknown export format '{fmt}' (known: onnx)")
+    return export_onnx(model, out_dir)

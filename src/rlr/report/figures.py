@@ -1,0 +1,113 @@
+"""Report figures as PNG bytes: per-class image-level ROC curves and example heatmap grids.
+
+Figures are drawn with matplotlib's object API on an Agg canvas (no display, no pyplot global
+state) and stored as 256-colour PNGs, which keeps an HTML report with every class's grid small.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+PANEL_INCHES = 1.7  # one thumbnail: 170 px at DPI
+DPI = 100
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact ROC points (fpr, tpr) from (0, 0), one per distinct score; None with a single label."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(labels) > 0
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], positive[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+    tps = np.cumsum(hits)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+
+
+def _png(fig: Figure) -> bytes:
+    """Render on Agg; store with a 256-colour octree palette (4x smaller than RGB, smooth colourmaps)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    quantized = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
+    palette = np.asarray(quantized.getpalette(), dtype=np.uint8)
+    palette[palette >= 252] = 255  # the octree averages white to 253: keep it the page's white
+    quantized.putpalette(palette.tolist())
+    buffer = io.BytesIO()
+    quantized.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> bytes:
+    """One ROC curve per class on shared axes, each class's AUROC in the legend."""
+    fig = Figure(figsize=(7.5, 5.0), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    palette = colormaps["tab20"]
+    for i, (name, (fpr, tpr, area)) in enumerate(curves.items()):
+        ax.plot(fpr, tpr, color=palette(i % 20), linewidth=1.4, label=f"{name} ({100 * area:.1f})")
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title("Image-level ROC per class (I-AUROC %)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def heatmap_grid(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    titles: Sequence[str],
+    vmin: float,
+    vmax: float,
+) -> bytes:
+    """Columns of (image, ground-truth mask, map overlay with GT outline), one colour scale.
+
+    images: (H, W, 3) floats in [0, 1]; masks: (H, W) bool; maps: (H, W) at the image size.
+    The fixed vmin/vmax let a reader compare maps across the columns of one class.
+    """
+    n = len(images)
+    fig = Figure(figsize=(PANEL_INCHES * n + 0.9, PANEL_INCHES * 3 + 0.3), dpi=DPI, layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    overlay = None
+    for col, (image, mask, amap, title) in enumerate(zip(images, masks, maps, titles)):
+        top, middle, bottom = axes[:, col]
+        top.imshow(image)
+        top.set_title(title, fontsize=8)
+        middle.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        bottom.imshow(image)
+        overlay = bottom.imshow(amap, cmap="jet", vmin=vmin, vmax=vmax, alpha=0.5)
+        if mask.any():
+            bottom.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, name in zip(axes[:, 0], ("image", "ground truth", "anomaly map")):
+        ax.set_ylabel(name, fontsize=8)
+    if overlay is not None:
+        fig.colorbar(overlay, ax=axes[2, :].tolist(), shrink=0.9, aspect=12).ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def pick_examples(scores: np.ndarray, labels: np.ndarray, count: int) -> list[int]:
+    """Indices to show: highest- and lowest-scored defects, highest-scored normal, then defects.
+
+    These are the informative cases: the clearest hit, the hardest miss and the worst false
+    alarm; remaining places go to further defects (then normals) by descending score.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    defects = [int(i) for i in order if labels[i] > 0]
+    normals = [int(i) for i in order if labels[i] <= 0]
+    preferred = defects[:1] + defects[-1:] + normals[:1] + defects + normals
+    return list(dict.fromkeys(preferred))[:count]

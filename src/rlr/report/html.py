@@ -1,0 +1,180 @@
+"""One self-contained HTML page per tested run: protocol, metric table, ROC curves, heatmaps.
+
+Everything is inline (CSS, base64 PNGs), so the file can be mailed or opened offline; every
+text that comes from data (class names, paths, settings) goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from rlr.atomic import write_text
+from rlr.data.transforms import load_image
+from rlr.metrics import METRIC_NAMES, auroc
+from rlr.report.figures import heatmap_grid, pick_examples, roc_curve, roc_figure
+
+if TYPE_CHECKING:  # evaluate imports this package; a runtime import would be circular
+    from rlr.engine.evaluate import ClassResult
+
+REPORT_NAME = "report.html"
+COLUMNS = METRIC_NAMES + ("mAD",)
+WORST_CLASSES = 2  # rows flagged; 1 when fewer than 4 classes have an mAD, none for one class
+LOW_MARGIN = 0.05  # a cell more than this (5 points) below its metric's mean is flagged
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       margin: 1.5em auto; max-width: 76em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; }
+code { background: #f3f3f3; padding: 0 0.25em; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; }
+td { text-align: right; } tbody th, tfoot th { text-align: left; }
+thead th { background: #f3f3f3; }
+tfoot th, tfoot td { font-weight: bold; border-top: 2px solid #444; }
+tr.worst { background: #fde4e4; }
+td.low { color: #b00020; font-weight: bold; }
+.tag { font-size: 0.75em; color: #fff; background: #b00020; border-radius: 0.3em;
+       padding: 0 0.35em; margin-left: 0.4em; }
+.note { color: #555; }
+img { max-width: 100%; height: auto; }
+figure { margin: 1em 0 2em; } figcaption { font-size: 0.9em; color: #444; }
+"""
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _png_tag(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def worst_classes(per_class: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+    """The lowest-mAD classes: 2, or 1 when fewer than 4 classes have an mAD (none for one)."""
+    ranked = sorted((row["mAD"], name) for name, row in per_class.items() if row.get("mAD") is not None)
+    return [name for _, name in ranked[: min(WORST_CLASSES, len(ranked) // 2)]]
+
+
+def _metrics_section(per_class: Mapping[str, Mapping[str, float | None]], mean: Mapping[str, float | None]) -> str:
+    worst = set(worst_classes(per_class))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    rows = []
+    for name, row in per_class.items():
+        cells = []
+        for column in COLUMNS:
+            value, reference = row.get(column), mean.get(column)
+            low = value is not None and reference is not None and value < reference - LOW_MARGIN
+            cells.append(f'<td class="low">{_percent(value)}</td>' if low else f"<td>{_percent(value)}</td>")
+        tag = '<span class="tag">worst</span>' if name in worst else ""
+        css = ' class="worst"' if name in worst else ""
+        rows.append(f"<tr{css}><th>{html.escape(name)}{tag}</th>{''.join(cells)}</tr>")
+    mean_cells = "".join(f"<td>{_percent(mean.get(c))}</td>" for c in COLUMNS)
+    rule = (
+        f"Values in percent, one decimal; n/a where a metric is undefined. Rows marked "
+        f"<em>worst</em>: the {WORST_CLASSES} classes with the lowest mAD (1 when fewer than 4 "
+        f"classes have an mAD, none with a single class). Cells in red: more than "
+        f"{100 * LOW_MARGIN:.0f} points below that metric's mean."
+    )
+    body = "\n".join(rows)
+    return (
+        f'<h2>Metrics</h2>\n<table id="metrics">\n<thead><tr><th>class</th>{head}</tr></thead>\n'
+        f"<tbody>\n{body}\n</tbody>\n"
+        f"<tfoot><tr><th>mean</th>{mean_cells}</tr></tfoot>\n</table>\n"
+        f'<p class="note">{rule}</p>\n'
+    )
+
+
+def _roc_section(results: Mapping[str, ClassResult]) -> str:
+    curves, skipped = {}, []
+    for name, result in results.items():
+        labels = np.array([r.label for r in result.records])
+        curve = roc_curve(result.scores, labels)
+        if curve is None:
+            skipped.append(name)
+        else:
+            curves[name] = (*curve, auroc(result.scores, labels))
+    parts = ["<h2>Image-level ROC</h2>"]
+    if curves:
+        parts.append(_png_tag(roc_figure(curves), "image-level ROC curves per class"))
+    if skipped:
+        names = ", ".join(html.escape(n) for n in skipped)
+        parts.append(f'<p class="note">No ROC curve (test set holds only one label): {names}.</p>')
+    return "\n".join(parts) + "\n"
+
+
+def _class_examples(name: str, result: ClassResult, image_size: int, count: int) -> str:
+    labels = np.array([r.label for r in result.records])
+    chosen = pick_examples(result.scores, labels, count)
+    if not chosen:
+        return f'<h3>{html.escape(name)}</h3>\n<p class="note">No test images.</p>\n'
+    records = [result.records[i] for i in chosen]
+    images = [load_image(r.image_path, image_size).permute(1, 2, 0).numpy() for r in records]
+    titles = [
+        f"{'defect' if r.label > 0 else 'normal'}: {r.defect_type[:16]}\nscore {result.scores[i]:.3g}"
+        for r, i in zip(records, chosen)
+    ]
+    png = heatmap_grid(
+        images,
+        [result.masks[i] for i in chosen],
+        [result.maps[i] for i in chosen],
+        titles,
+        vmin=float(result.maps.min()),
+        vmax=float(result.maps.max()),
+    )
+    files = "; ".join(
+        f"{k}. {html.escape(Path(r.image_path).parent.name + '/' + Path(r.image_path).name)}"
+        for k, r in enumerate(records, 1)
+    )
+    return (
+        f"<h3>{html.escape(name)}</h3>\n<figure>{_png_tag(png, f'example heatmaps for {name}')}\n"
+        f"<figcaption>{files}</figcaption></figure>\n"
+    )
+
+
+def write_html_report(
+    run_dir: Path,
+    results: Mapping[str, ClassResult],
+    mean: Mapping[str, float | None],
+    protocol: Mapping[str, object],
+    image_size: int,
+    examples_per_class: int = 4,
+) -> Path:
+    """Write `run_dir/report.html` atomically and return its path."""
+    run_dir = Path(run_dir)
+    per_class = {name: result.metrics for name, result in results.items()}
+    settings = "\n".join(
+        f"<li><code>{html.escape(str(key))}</code>: {html.escape(str(value))}</li>" for key, value in protocol.items()
+    )
+    examples = "".join(_class_examples(n, r, image_size, examples_per_class) for n, r in results.items())
+    title = f"RLR report: {run_dir.name}"
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Run directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>
+<h2>Protocol</h2>
+<ul id="protocol">
+{settings}
+</ul>
+{_metrics_section(per_class, mean)}{_roc_section(results)}<h2>Example heatmaps</h2>
+<p class="note">Per class: the highest- and lowest-scored defective images and the highest-scored
+normal one, then further images by score. Rows: image, ground-truth mask, anomaly map over the
+image with the ground-truth outline in white; one colour scale per class (its maps' min to max).</p>
+{examples}</body>
+</html>
+"""
+    path = run_dir / REPORT_NAME
+    write_text(path, page)
+    return path

@@ -1,0 +1,131 @@
+"""`rlr export --format onnx`: the standalone onnxruntime runner reproduces PyTorch's maps and scores."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import rlr
+from rlr.cli import main
+from rlr.data.transforms import load_image
+from rlr.engine.train import train
+from rlr.presets import cpu_config
+
+from .conftest import TINY
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
+
+from rlr import onnx_runner  # after the skip: needs onnxruntime
+
+RUNNER_MODULES = {"__future__", "argparse", "json", "sys", "pathlib", "numpy", "onnxruntime", "PIL"}
+TOLERANCE = 1e-4  # max |difference| relative to the map's range, as the issue asks
+
+
+def assert_parity(model, paths, out_dir):
+    """Runner (onnxruntime + Pillow preprocessing) vs PyTorch (rlr's preprocessing), whole pipeline."""
+    torch_results = model.predict(paths)
+    onnx_results = onnx_runner.OnnxScorer(out_dir / "model.onnx").predict(paths, batch_size=7)
+    torch_maps = np.stack([r.map for r in torch_results])
+    span = torch_maps.max() - torch_maps.min()
+    map_error = np.abs(np.stack([r["map"] for r in onnx_results]) - torch_maps).max() / span
+    score_error = max(abs(r["score"] - t.score) for r, t in zip(onnx_results, torch_results)) / span
+    assert map_error < TOLERANCE and score_error < TOLERANCE, (map_error, score_error)
+    return map_error, score_error
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_demo, feature_cache_dir, tmp_path_factory):
+    config = cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}", *TINY, "train.epochs=1"))
+    run_dir = train(config, tmp_path_factory.mktemp("runs") / "tiny")
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    return run_dir, run_dir / "onnx"
+
+
+def test_export_writes_model_json_and_runner(exported):
+    _, out = exported
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(graph)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in graph.graph.input] == ["images"]
+    assert [o.name for o in graph.graph.output] == ["map", "score"]
+    info = json.loads((out / "model.json").read_text())
+    assert info["preprocessing"]["image_size"] == 128 and info["input"]["range"] == [0.0, 1.0]
+    assert info["thresholds"] is None and info["decision"] == "anomalous when score > threshold"
+    assert info["verification"]["max_map_difference_relative_to_range"] < TOLERANCE
+    assert (out / "rlr_onnx_runner.py").read_text() == Path(onnx_runner.__file__).read_text()
+
+
+def test_runner_imports_nothing_but_onnxruntime_numpy_pillow():
+    tree = ast.parse(Path(onnx_runner.__file__).read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert names <= RUNNER_MODULES, names - RUNNER_MODULES
+
+
+def test_onnx_runner_matches_pytorch_on_the_demo_test_images(exported, tiny_demo):
+    run_dir, out = exported
+    paths = sorted(tiny_demo.glob("*/test/*/*.png"))
+    assert_parity(rlr.load(run_dir, "cpu"), paths, out)
+
+
+def test_copied_runner_works_without_torch_or_rlr(exported, tiny_demo, tmp_path):
+    run_dir, out = exported
+    path = next(tiny_demo.glob("brick/test/good/*.png"))
+    blocker = "import sys, runpy; sys.modules['torch'] = sys.modules['rlr'] = None; " \
+              f"sys.argv = ['runner', {str(out / 'model.onnx')!r}, {str(path)!r}]; " \
+              f"runpy.run_path({str(out / 'rlr_onnx_runner.py')!r}, run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    header, line = done.stdout.splitlines()
+    assert header == "path,score,threshold,decision"
+    assert float(line.split(",")[1]) == pytest.approx(rlr.load(run_dir, "cpu").predict(path).score, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "small"])
+def test_runner_preprocessing_matches_load_image(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (150, 211, 3), dtype=np.uint8)
+    if mode == "small":
+        image = Image.fromarray(pixels[:40, :57])  # upsampled, not reduced
+    elif mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (150, 211), dtype=np.uint16))
+    else:
+        image = Image.fromarray(pixels).convert(mode)
+    path = tmp_path / "image.png"
+    image.save(path)
+    np.testing.assert_allclose(onnx_runner.load(path, 128), load_image(path, 128).numpy(), rtol=0, atol=2e-6)
+
+
+def test_runner_applies_thresholds_from_the_json(exported, tmp_path):
+    _, out = exported
+    info = json.loads((out / "model.json").read_text())
+    info["thresholds"] = {"global": 0.5, "per_class": {"brick": 0.25}}
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    scorer = onnx_runner.OnnxScorer(out / "model.onnx", tmp_path / "model.json")
+    assert scorer.threshold() == 0.5 and scorer.threshold("brick") == 0.25 and scorer.threshold("other") == 0.5
+    maps, scores = scorer.run(np.zeros((1, 3, 128, 128), dtype=np.float32))
+    assert maps.shape == (1, 128, 128) and scores.shape == (1,)
+
+
+@pytest.mark.realmini
+def test_onnx_parity_on_realmini_test_images(realmini, feature_cache_dir, tmp_path):
+    """One real class at the paper's 256 px with the default windows: every test image within 1e-4."""
+    config = cpu_config((
+        f"data.root={realmini}", "data.classes=[metal_plate]", f"train.cache_dir={feature_cache_dir}",
+        "model.hidden_dims=[32, 64]", "model.num_layers=1", "train.epochs=1",
+    ))
+    run_dir = train(config, tmp_path / "run")
+    assert main(["export", str(run_dir)]) == 0
+    paths = sorted((realmini / "metal_plate" / "test").rglob("*.png"))
+    assert len(paths) == 98
+    map_error, score_error = assert_parity(rlr.load(run_dir, "cpu"), paths, run_dir / "onnx")
+    print(f"realmini metal_plate: max map difference {map_error:.2e}, max score difference {score_error:.2e} of the range")
