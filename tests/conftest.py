@@ -38,3 +38,10 @@ def realmini() -> Path:
     if not REALMINI.is_dir():
         pytest.skip(f"realmini data not found at {REALMINI} (set RLR_REALMINI to its path)")
     return REALMINI
+
+
+def tiny_config(demo_root: Path, cache_dir: Path, *extra: str):
+    """The small CPU preset on the tiny demo set, with the shared feature cache; `extra` overrides last."""
+    from rlr.presets import cpu_config
+
+    return cpu_config((f"data.root={demo_root}", f"train.cache_dir={cache_dir}", *TINY, *extra))

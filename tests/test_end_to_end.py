@@ -15,14 +15,14 @@ from rlr.errors import RlrError
 from rlr.metrics import METRIC_NAMES
 from rlr.presets import cpu_config
 
-from .conftest import TINY
+from .conftest import TINY, tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_demo, feature_cache_dir, tmp_path_factory):
-    config = cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}", *TINY))
+    config = tiny_config(tiny_demo, feature_cache_dir)
     run_dir = train(config, tmp_path_factory.mktemp("runs") / "tiny")
     return config, run_dir
 

@@ -18,7 +18,7 @@ from rlr.data.transforms import load_image
 from rlr.engine.train import train
 from rlr.presets import cpu_config
 
-from .conftest import TINY
+from .conftest import tiny_config
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 
@@ -42,7 +42,7 @@ def assert_parity(model, paths, out_dir):
 
 @pytest.fixture(scope="module")
 def exported(tiny_demo, feature_cache_dir, tmp_path_factory):
-    config = cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}", *TINY, "train.epochs=1"))
+    config = tiny_config(tiny_demo, feature_cache_dir, "train.epochs=1")
     run_dir = train(config, tmp_path_factory.mktemp("runs") / "tiny")
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0
     return run_dir, run_dir / "onnx"

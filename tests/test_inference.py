@@ -17,14 +17,13 @@ from rlr.engine.evaluate import evaluate
 from rlr.engine.train import train
 from rlr.inference import PredictionResult
 from rlr.predict import collect_inputs, output_names
-from rlr.presets import cpu_config
 
-from .conftest import TINY
+from .conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_demo, feature_cache_dir, tmp_path_factory):
-    config = cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}", *TINY, "train.epochs=1"))
+    config = tiny_config(tiny_demo, feature_cache_dir, "train.epochs=1")
     return train(config, tmp_path_factory.mktemp("runs") / "tiny")
 
 

@@ -18,16 +18,15 @@ from rlr.cli import main
 from rlr.engine.evaluate import evaluate, load_run
 from rlr.engine.train import train
 from rlr.errors import CheckpointError, RlrError
-from rlr.presets import cpu_config
 
-from .conftest import TINY
+from .conftest import TINY, tiny_config
 
 EPOCHS = 3
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _config(tiny_demo, cache, *extra):
-    return cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={cache}", *TINY, f"train.epochs={EPOCHS}", *extra))
+    return tiny_config(tiny_demo, cache, f"train.epochs={EPOCHS}", *extra)
 
 
 def _weights(run_dir):

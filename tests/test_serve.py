@@ -20,10 +20,9 @@ from rlr.calibrate import calibrate
 from rlr.data.demo import generate_demo
 from rlr.engine.train import train
 from rlr.inference import Model
-from rlr.presets import cpu_config
 from rlr.serve import PredictServer
 
-from .conftest import TINY
+from .conftest import tiny_config
 
 LIMIT = 256 * 1024
 CHROMIUM = Path(os.environ.get("RLR_CHROMIUM", "/usr/bin/chromium"))
@@ -32,7 +31,7 @@ CHROMEDRIVER = Path(os.environ.get("RLR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 
 @pytest.fixture(scope="module")
 def model(tiny_demo, feature_cache_dir, tmp_path_factory):
-    config = cpu_config((f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}", *TINY, "train.epochs=1"))
+    config = tiny_config(tiny_demo, feature_cache_dir, "train.epochs=1")
     run_dir = train(config, tmp_path_factory.mktemp("runs") / "tiny")
     normal = generate_demo(tmp_path_factory.mktemp("normal") / "data", seed=2, image_size=128, n_train=3,
                            n_test_good=1, n_test_defect=1)
