@@ -112,9 +112,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, fea
     real_loss = train_module.reconstruction_loss
     calls = {"n": 0}
 
-    def poisoned(reconstruction, target):
+    def poisoned(reconstruction, target, *args):
         calls["n"] += 1
-        loss = real_loss(reconstruction, target)
+        loss = real_loss(reconstruction, target, *args)
         return loss * float("nan") if calls["n"] > 2 * 3 + 2 else loss  # epoch 2, step 2
 
     monkeypatch.setattr(train_module, "reconstruction_loss", poisoned)

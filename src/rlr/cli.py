@@ -41,8 +41,10 @@ def _print_table(run_dir: Path) -> None:
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.config import load_config
+    from rlr.engine.distributed import is_main_process
     from rlr.engine.train import resume_state, train
 
+    say = print if is_main_process() else lambda *_: None  # under torchrun, rank 0 speaks for all
     overrides = _overrides(extra)
     if args.resume is None:
         config = load_config(args.config, overrides)
@@ -54,11 +56,11 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
         more = int(epochs[-1].split("=", 1)[1]) if epochs else None
         config, state = resume_state(args.resume, more)
         if state["epoch"] >= config.train.epochs:
-            print(f"{args.resume}: already trained for {state['epoch']} epochs; nothing to do")
+            say(f"{args.resume}: already trained for {state['epoch']} epochs; nothing to do")
             return 0
-        print(f"resuming {args.resume} after epoch {state['epoch']}")
+        say(f"resuming {args.resume} after epoch {state['epoch']}")
         run_dir = train(config, args.resume, resume=state)
-    print(f"trained: {run_dir}/last.pt")
+    say(f"trained: {run_dir}/last.pt")
     return 0
 
 
@@ -100,9 +102,33 @@ def cmd_data_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.ablate import run_study
+
+    overrides = [f"data.root={args.data}", f"data.format={args.format}", *_overrides(extra)]
+    methods = {slug: path for slug, path in (("rlr", args.rlr_config), ("uniad", args.uniad_config)) if path}
+    out = args.out or Path("runs") / "ablate"
+    run_study(args.study, out, args.config, overrides, methods, args.overwrite)
+    print(Path(out, f"{args.study}.md").read_text(encoding="utf-8"), end="")
+    print(f"tables: {out}/{args.study}.md and .json")
+    return 0
+
+
 def _no_extra(command: str, extra: Sequence[str]) -> None:
     if extra:
         raise RlrError(f"rlr {command}: unexpected arguments {' '.join(extra)}")
+
+
+def cmd_figure(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.report.qualitative import write_qualitative
+
+    _no_extra("figure", extra)
+    picks = write_qualitative(args.runs, args.out, args.class_names, args.samples, args.images, args.device)
+    for pick in picks:
+        spread = "" if pick.disagreement is None else f" (disagreement {pick.disagreement:.2f})"
+        print(f"{pick.class_name}: {pick.image_path}{spread}")
+    print(f"figure: {args.out} ({len(picks)} rows x {2 + len(args.runs)} columns)")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -226,9 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="summarise a dataset and list every problem found")
-    check.add_argument("root", help="dataset root (MVTec AD layout)")
+    check.add_argument("root", help="dataset root (MVTec AD layout, or the raw VisA release with split_csv/1cls.csv)")
     check.set_defaults(handler=cmd_data_check)
     _add_inference_commands(sub)
+
+    figure = sub.add_parser("figure", help="rows of (image, ground truth, each run's map) for runs on the same data")
+    figure.add_argument("--runs", nargs="+", required=True, type=Path, metavar="RUN", help="run folders, in order")
+    figure.add_argument("--out", type=Path, default=Path("qualitative.png"), help="PNG (default qualitative.png)")
+    figure.add_argument("--class", dest="class_names", nargs="+", metavar="NAME", help="only these classes")
+    rows = figure.add_mutually_exclusive_group()
+    rows.add_argument("--samples", type=int, default=6,
+                      help="rows picked automatically: defective images the runs disagree on most (default 6)")
+    rows.add_argument("--images", nargs="+", type=Path, metavar="PATH", help="these test images instead, in order")
+    figure.add_argument("--device", help="cpu, cuda, ... (default: each run's setting)")
+    figure.set_defaults(handler=cmd_figure)
+
+    ablate = sub.add_parser(
+        "ablate", help="train a study's variants (methods, fusion, refs) and write its table; extra --key value overrides"
+    )
+    ablate.add_argument("--study", required=True, choices=("methods", "fusion", "refs"))
+    ablate.add_argument("--data", type=Path, required=True, help="dataset root")
+    ablate.add_argument("--format", default="mvtec", choices=("mvtec", "visa"), help="dataset layout (default mvtec)")
+    ablate.add_argument("--out", type=Path, help="study folder (default runs/ablate)")
+    ablate.add_argument("--config", type=Path, help="base config of fusion/refs (default: the small CPU preset)")
+    ablate.add_argument("--rlr-config", type=Path, help="methods: RLR's config (default: the rlr_cpu preset)")
+    ablate.add_argument("--uniad-config", type=Path, help="methods: UniAD's config (default: the uniad_cpu preset)")
+    ablate.add_argument("--overwrite", action="store_true", help="retrain variants whose folder holds another run")
+    ablate.set_defaults(handler=cmd_ablate)
     return parser
 
 

@@ -1,11 +1,11 @@
 """Score new images with a trained run: `model = rlr.load(run_dir); model.predict(images)`.
 
 The pipeline is the one `rlr test` runs: the image is read and resized by `load_image`'s rules,
-the anomaly map is computed at `data.image_size`, the image score is the max after a Gaussian
-filter (`eval.image_score_sigma`) and the returned map is smoothed as the pixel metrics use it
-(`eval.pixel_map_sigma`). One difference: `rlr test` reads backbone features from the float16
-feature cache, `predict` computes them in float32, so the two agree to a few 1e-4 of the map's
-range, not bit for bit. Rounding to float16 here would make them equal, but the ONNX export would
+the anomaly map is computed at `data.image_size`, the image score follows the run's scoring rule
+(RLR: the max after a Gaussian filter, `eval.image_score_sigma`) and the returned map is smoothed
+as the pixel metrics use it (`eval.pixel_map_sigma`). One difference: `rlr test` reads backbone
+features from the float16 feature cache, `predict` computes them in float32, so the two agree to
+a few 1e-4 of the map's range, not bit for bit. Rounding to float16 here would make them equal, but the ONNX export would
 then differ wherever the two runtimes' features fall on opposite sides of a rounding boundary.
 """
 
@@ -25,16 +25,14 @@ from tqdm import tqdm
 
 from rlr.calibrate import Thresholds, read_thresholds
 from rlr.config import RunConfig
-from rlr.data.mvtec import find_classes
 from rlr.data.transforms import read_image, resize_image, to_tensor
-from rlr.engine.build import build_extractor, resolve_device
+from rlr.engine.build import build_extractor, build_split, resolve_device, scoring_rule
 from rlr.engine.evaluate import load_run
 from rlr.engine.train import CHECKPOINT_NAME
 from rlr.errors import RlrError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.weights import file_digest
-from rlr.models.rlr import RLR
-from rlr.scoring import anomaly_map, gaussian_blur, image_scores
+from rlr.scoring import ScoringRule
 
 #: What `predict` accepts as one image: a file path, a PIL image, a uint8 numpy array (H, W) or
 #: (H, W, 3), or a float tensor (3, H, W) with values in [0, 1].
@@ -47,20 +45,17 @@ class Scorer(nn.Module):
     One module, so the PyTorch path and the ONNX export compute the same graph.
     """
 
-    def __init__(
-        self, extractor: FeatureExtractor, model: RLR, image_size: int, image_score_sigma: float, pixel_map_sigma: float
-    ) -> None:
+    def __init__(self, extractor: FeatureExtractor, model: nn.Module, image_size: int, rule: ScoringRule) -> None:
         super().__init__()
         self.extractor = extractor
         self.model = model
         self.image_size = image_size
-        self.image_score_sigma = image_score_sigma
-        self.pixel_map_sigma = pixel_map_sigma
+        self.rule = rule
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.extractor(images)
-        raw = anomaly_map(features, self.model(features), self.image_size)
-        return gaussian_blur(raw, self.pixel_map_sigma), image_scores(raw, self.image_score_sigma)
+        raw = self.rule.raw_maps(features, self.model(features), self.image_size)
+        return self.rule.pixel_maps(raw), self.rule.image_scores(raw)
 
 
 @dataclass
@@ -137,13 +132,7 @@ class Model:
         digest = file_digest(run_dir / CHECKPOINT_NAME)
         thresholds = read_thresholds(run_dir, digest) if use_thresholds else None
         target = resolve_device(device or config.train.device)
-        scorer = Scorer(
-            build_extractor(config),
-            reconstructor,
-            config.data.image_size,
-            config.eval.image_score_sigma,
-            config.eval.pixel_map_sigma,
-        )
+        scorer = Scorer(build_extractor(config), reconstructor, config.data.image_size, scoring_rule(config))
         scorer.requires_grad_(False).eval().to(target)
         return cls(run_dir, config, scorer, target, thresholds, digest)
 
@@ -153,7 +142,7 @@ class Model:
 
     @property
     def score_description(self) -> str:
-        return f"max of the anomaly map after a Gaussian filter, sigma {self.config.eval.image_score_sigma}"
+        return str(self.scorer.rule.describe()["image_score"])
 
     def threshold_for(self, class_name: str | None) -> float | None:
         """The per-class threshold when there is one, else the global one; None when not calibrated."""
@@ -246,7 +235,7 @@ def _class_names(config: RunConfig, thresholds: Thresholds | None) -> list[str]:
         names = list(config.data.classes)
     else:
         try:
-            names = find_classes(config.data.root) if config.data.root else []
+            names = build_split(config).class_names if config.data.root else []
         except RlrError:
             names = []
     extra = sorted(set(thresholds.per_class) - set(names)) if thresholds else []

@@ -1,6 +1,7 @@
-"""Named configurations built into the package, so `rlr demo` works after any kind of install.
+"""Named configurations built into the package, so `rlr demo` and `rlr ablate` work after any install.
 
-`configs/rlr_cpu.yaml` holds the same settings as a file to copy; a test keeps the two equal.
+`configs/rlr_cpu.yaml` and `configs/uniad_cpu.yaml` hold the same settings as files to copy;
+a test keeps each file equal to its preset.
 """
 
 from __future__ import annotations
@@ -21,7 +22,38 @@ CPU_OVERRIDES = (
     "train.lr=0.001",
 )
 
+# UniAD scaled down the same way: the four finest Lite0 stages merged at stride 16 (16x16x192 at
+# 256 px), 2 + 2 layers of width 128; UniAD's own jitter, loss, optimizer, clipping and scoring.
+UNIAD_CPU_OVERRIDES = (
+    "name=uniad_cpu",
+    "backbone.name=tf_efficientnet_lite0",
+    "backbone.out_indices=[0, 1, 2, 3]",
+    "backbone.smoothing=1",
+    "backbone.merge=true",
+    "data.image_size=256",
+    "model.name=uniad",
+    "model.hidden_dims=[128]",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.windows=[7]",
+    "model.dropout=0.1",
+    "train.epochs=10",
+    "train.batch_size=8",
+    "train.lr=0.001",
+    "train.optimizer=adamw",
+    "train.weight_decay=0.0001",
+    "train.grad_clip=0.1",
+    "train.jitter_scale=20",
+)
+
+PRESETS = {"rlr_cpu": CPU_OVERRIDES, "uniad_cpu": UNIAD_CPU_OVERRIDES}
+
 
 def cpu_config(extra: tuple[str, ...] = ()) -> RunConfig:
     """The small CPU configuration, with further `key=value` overrides applied last."""
-    return load_config(None, CPU_OVERRIDES + tuple(extra))
+    return preset_config("rlr_cpu", extra)
+
+
+def preset_config(name: str, extra: tuple[str, ...] = ()) -> RunConfig:
+    """A built-in configuration by name (see PRESETS), with `key=value` overrides applied last."""
+    return load_config(None, PRESETS[name] + tuple(extra))

@@ -1,31 +1,44 @@
 """Turn (features, reconstruction) into anomaly maps and image scores, as method.md defines.
 
-Per token: mean over channels of (F - F_hat)^2 plus (1 - cos(F, F_hat)); each level's map is
-upsampled bilinearly (align_corners=True) to the image size and the levels are averaged.
-Image score: the maximum of the map after a Gaussian filter (sigma 4 in the paper).
+RLR: per token, mean over channels of (F - F_hat)^2 plus (1 - cos(F, F_hat)); each level's map
+is upsampled bilinearly (align_corners=True) to the image size and the levels are averaged; the
+image score is the maximum of the map after a Gaussian filter (sigma 4 in the paper).
+UniAD: per token, the L2 norm of F - F_hat; the image score is the maximum of the map after a
+k x k average pooling (k = 16 at 224 px in UniAD's release). A `ScoringRule` holds either recipe.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+MAP_SCORES = ("mse_cos", "l2")
+IMAGE_SCORES = ("gaussian_max", "mean_pool_max")
 
-def level_score(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) x2 -> (B, h, w): squared error averaged over channels plus cosine distance."""
+
+def level_score(features: torch.Tensor, reconstruction: torch.Tensor, kind: str = "mse_cos") -> torch.Tensor:
+    """(B, C, h, w) x2 -> (B, h, w): 'mse_cos' (RLR) or 'l2', the Euclidean distance (UniAD)."""
+    if kind == "l2":
+        return (features - reconstruction).pow(2).sum(dim=1).sqrt()
     squared = (features - reconstruction).pow(2).mean(dim=1)
     cosine = F.cosine_similarity(features, reconstruction, dim=1)
     return squared + (1.0 - cosine)
 
 
 def anomaly_map(
-    features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor], image_size: int
+    features: Sequence[torch.Tensor],
+    reconstructions: Sequence[torch.Tensor],
+    image_size: int,
+    kind: str = "mse_cos",
 ) -> torch.Tensor:
     """Average of the per-level scores upsampled to (B, image_size, image_size)."""
     maps = [
-        F.interpolate(level_score(f, r)[:, None], size=(image_size, image_size), mode="bilinear", align_corners=True)
+        F.interpolate(
+            level_score(f, r, kind)[:, None], size=(image_size, image_size), mode="bilinear", align_corners=True
+        )
         for f, r in zip(features, reconstructions)
     ]
     return torch.stack(maps).mean(dim=0)[:, 0]
@@ -65,3 +78,48 @@ def _pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
 def image_scores(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """(B, H, W) -> (B,): the maximum of each map after Gaussian smoothing."""
     return gaussian_blur(maps, sigma).flatten(1).amax(dim=1)
+
+
+def mean_pool_scores(maps: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, H, W) -> (B,): the maximum of each map after a `pool` x `pool` average (stride 1, no padding)."""
+    if pool > min(maps.shape[-2:]):
+        raise ValueError(f"image-score pool {pool} exceeds the {tuple(maps.shape[-2:])} map")
+    return F.avg_pool2d(maps[:, None], pool, stride=1).flatten(1).amax(dim=1)
+
+
+@dataclass(frozen=True)
+class ScoringRule:
+    """How a run turns (features, reconstructions) into pixel maps and image scores."""
+
+    map_score: str = "mse_cos"  # one of MAP_SCORES
+    image_score: str = "gaussian_max"  # one of IMAGE_SCORES
+    image_score_sigma: float = 4.0
+    image_score_pool: int = 16
+    pixel_map_sigma: float = 0.0
+
+    def raw_maps(
+        self, features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor], image_size: int
+    ) -> torch.Tensor:
+        """Unsmoothed maps (B, S, S): the input of both `image_scores` and `pixel_maps`."""
+        return anomaly_map(features, reconstructions, image_size, self.map_score)
+
+    def image_scores(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.image_score == "mean_pool_max":
+            return mean_pool_scores(raw, self.image_score_pool)
+        return image_scores(raw, self.image_score_sigma)
+
+    def pixel_maps(self, raw: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(raw, self.pixel_map_sigma)
+
+    def describe(self) -> dict[str, object]:
+        """The rule in words, for the protocol written beside every table."""
+        token = "L2 norm of F - F_hat" if self.map_score == "l2" else "mean squared error + (1 - cosine)"
+        if self.image_score == "mean_pool_max":
+            image = f"max of the map after a {self.image_score_pool}x{self.image_score_pool} average pooling"
+        else:
+            image = f"max of the map after a Gaussian filter, sigma {self.image_score_sigma}"
+        return {
+            "map": f"per-level {token}, upsampled bilinearly (align_corners=True), averaged over levels",
+            "pixel_map_sigma": self.pixel_map_sigma,
+            "image_score": image,
+        }

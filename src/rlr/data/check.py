@@ -1,4 +1,6 @@
-"""`rlr data check ROOT`: decode a whole MVTec-style dataset and report every problem at once.
+"""`rlr data check ROOT`: decode a whole dataset and report every problem at once.
+
+ROOT is read as the raw VisA release when it holds VisA's split csv, else in the MVTec AD layout.
 
 Unlike discovery, which stops at the first problem, the check walks everything, so one run
 tells a user all that must be fixed. Problems (unreadable files, missing or misaligned masks)
@@ -14,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlr.data.mvtec import find_classes, scan_mvtec
-from rlr.data.split import list_entries, list_images
+from rlr.data.split import DatasetSplit, list_entries, list_images
 from rlr.data.transforms import read_image, read_mask, to_tensor
 from rlr.data.types import NORMAL, ImageRecord
+from rlr.data.visa import DATA_FOLDERS, SPLIT_CSV, discover_visa, is_visa
 from rlr.errors import DataError
 
 
@@ -92,6 +95,19 @@ def _stray_masks(root: Path, name: str, records: list[ImageRecord]) -> list[str]
     return [f"{mask}: mask without a matching test image" for mask in strays]
 
 
+def _unlisted_visa(split: DatasetSplit) -> list[str]:
+    """VisA folders and files that its split csv does not name: training never sees them."""
+    records = split.train + [record for name in split.class_names for record in split.test[name]]
+    listed = {record.image_path for record in records} | {record.mask_path for record in records}
+    known = {*split.class_names, SPLIT_CSV.parts[0]}
+    skipped = [e for e in list_entries(split.root) if e.is_dir() and e.name not in known]
+    for name in split.class_names:
+        for folder in (split.root / name / data for data in DATA_FOLDERS):
+            entries = list_entries(folder, lambda _: None) if folder.is_dir() else []
+            skipped += [entry for entry in entries if entry not in listed]
+    return [f"{path}: not listed in {split.root / SPLIT_CSV}; ignored" for path in skipped]
+
+
 def check_dataset(root: str | os.PathLike, workers: int | None = None) -> CheckReport:
     """Walk and decode every image and mask under `root`; collect all problems and stats.
 
@@ -101,17 +117,22 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> CheckR
     report = CheckReport(root=root)
     found: list[DataError] = []
     try:
-        split = scan_mvtec(root, on_problem=found.append)
-        classes = find_classes(root)
+        if is_visa(root):
+            split = discover_visa(root, on_problem=found.append)
+            ignored = _unlisted_visa(split)
+        else:
+            split = scan_mvtec(root, on_problem=found.append)
+            classes = find_classes(root)
+            ignored = [
+                f"{entry}: folder is not a class (no train/ or test/ inside); ignored"
+                for entry in list_entries(root)
+                if entry.is_dir() and entry.name not in classes
+            ]
     except DataError as error:
         report.problems.append(str(error))
         return report
     report.problems += [str(problem) for problem in found]
-    report.warnings += [
-        f"{entry}: folder is not a class (no train/ or test/ inside); ignored"
-        for entry in list_entries(root)
-        if entry.is_dir() and entry.name not in classes
-    ]
+    report.warnings += ignored
 
     records = split.train + [record for name in split.class_names for record in split.test[name]]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:

@@ -2,7 +2,8 @@
 
 Layout, per class: `<root>/<class>/train/good/*` (normal training images),
 `<root>/<class>/test/<type>/*` (`good` = normal, any other folder = one defect type) and
-`<root>/<class>/ground_truth/<type>/<stem>_mask.<ext>` (one mask per defect image).
+`<root>/<class>/ground_truth/<type>/<stem>_mask.<ext>` (one mask per defect image; `<stem>.<ext>`
+also matches, as VisA's converter to this layout names them).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from rlr.data.split import (
     list_entries,
     list_images,
     raise_problem,
+    select_classes,
 )
 from rlr.data.types import ANOMALOUS, NORMAL, ImageRecord
 from rlr.errors import DataError
 
 GOOD = "good"
-MASK_SUFFIX = "_mask"
+MASK_SUFFIXES = ("_mask", "")  # MVTec AD's own naming first: missing-mask errors name it
 
 
 def find_classes(root: str | os.PathLike) -> list[str]:
@@ -43,20 +45,6 @@ def find_classes(root: str | os.PathLike) -> list[str]:
             f"{root}: no classes found (expected <class>/train/good/ and <class>/test/<type>/)"
         )
     return names
-
-
-def _select(root: Path, available: list[str], classes: list[str] | str | None) -> list[str]:
-    if classes is None:
-        return available
-    requested = list(dict.fromkeys([classes] if isinstance(classes, str) else classes))
-    if not requested:
-        raise DataError(f"{root}: no classes requested")
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise DataError(
-            f"{root}: unknown class(es) {', '.join(unknown)}; available: {', '.join(available)}"
-        )
-    return requested
 
 
 def _scan_train(class_dir: Path, on_problem: ProblemHandler) -> list[ImageRecord]:
@@ -87,7 +75,7 @@ def _scan_test(class_dir: Path, on_problem: ProblemHandler) -> list[ImageRecord]
         if defect == GOOD:
             records += [ImageRecord(path, class_dir.name, NORMAL) for path in images]
             continue
-        masks = MaskIndex(class_dir / "ground_truth" / defect, (MASK_SUFFIX,), on_problem)
+        masks = MaskIndex(class_dir / "ground_truth" / defect, MASK_SUFFIXES, on_problem)
         records += [
             ImageRecord(path, class_dir.name, ANOMALOUS, defect, masks.find(path, on_problem, True))
             for path in images
@@ -106,7 +94,7 @@ def scan_mvtec(
     always raise DataError.
     """
     root = Path(root)
-    names = _select(root, find_classes(root), classes)
+    names = select_classes(root, find_classes(root), classes)
     train: list[ImageRecord] = []
     test: dict[str, list[ImageRecord]] = {}
     for name in names:

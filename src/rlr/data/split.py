@@ -37,6 +37,26 @@ class DatasetSplit:
     test: dict[str, list[ImageRecord]]
 
 
+def select_classes(
+    source: Path, available: list[str], classes: list[str] | str | None
+) -> list[str]:
+    """The requested classes in the order given (all `available` for None); DataError naming
+    `source` (where the classes were found) for an unknown one, since guessing would train on
+    the wrong data.
+    """
+    if classes is None:
+        return available
+    requested = list(dict.fromkeys([classes] if isinstance(classes, str) else classes))
+    if not requested:
+        raise DataError(f"{source}: no classes requested")
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise DataError(
+            f"{source}: unknown class(es) {', '.join(unknown)}; available: {', '.join(available)}"
+        )
+    return requested
+
+
 def is_ignored(path: Path) -> bool:
     """Hidden files and folders, and file-browser metadata, are not part of a dataset."""
     return path.name.startswith(".") or path.name.lower() in _OS_METADATA

@@ -10,12 +10,18 @@ import torch
 from rlr.config import RunConfig
 from rlr.data.folder import discover_folder
 from rlr.data.mvtec import discover_mvtec
+from rlr.data.visa import discover_visa
 from rlr.data.types import ImageRecord
 from rlr.errors import ConfigError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.cache import FeatureCache, default_cache_dir, extractor_key
 from rlr.features.extract import extract_features
 from rlr.models.rlr import RLR
+from rlr.models.uniad import UniAD
+from rlr.scoring import ScoringRule
+
+#: model name -> (its map score, its image score), what eval 'auto' means
+MODEL_SCORING = {"rlr": ("mse_cos", "gaussian_max"), "uniad": ("l2", "mean_pool_max")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,12 +49,14 @@ def build_split(config: RunConfig):
         )
     if not data.root:
         raise ConfigError("data.root is empty: point it at a dataset (or run `rlr demo`)")
+    if data.format == "visa":
+        return discover_visa(data.root, data.classes)
     return discover_mvtec(data.root, data.classes)
 
 
 def build_extractor(config: RunConfig) -> FeatureExtractor:
     b = config.backbone
-    return FeatureExtractor(b.name, b.out_indices, b.weights_file, b.allow_download, b.smoothing)
+    return FeatureExtractor(b.name, b.out_indices, b.weights_file, b.allow_download, b.smoothing, b.merge)
 
 
 def build_cache(config: RunConfig, extractor: FeatureExtractor) -> FeatureCache:
@@ -59,6 +67,7 @@ def build_cache(config: RunConfig, extractor: FeatureExtractor) -> FeatureCache:
         config.data.image_size,
         extractor.out_indices,
         extractor.smoothing,
+        extractor.merge,
     )
     return FeatureCache(root, key)
 
@@ -84,9 +93,35 @@ def features_for(
     return features
 
 
-def build_model(config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> RLR:
+def scoring_rule(config: RunConfig) -> ScoringRule:
+    """The eval section's scoring, with 'auto' entries resolved to the model's own recipe."""
+    own_map, own_image = MODEL_SCORING[config.model.name]
+    e = config.eval
+    return ScoringRule(
+        map_score=own_map if e.map_score == "auto" else e.map_score,
+        image_score=own_image if e.image_score == "auto" else e.image_score,
+        image_score_sigma=e.image_score_sigma,
+        image_score_pool=e.image_score_pool,
+        pixel_map_sigma=e.pixel_map_sigma,
+    )
+
+
+def build_model(
+    config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]
+) -> RLR | UniAD:
     m = config.model
     try:
+        if m.name == "uniad":
+            return UniAD(
+                channels[0],
+                map_sizes[0],
+                m.hidden_dims[0],
+                num_layers=m.num_layers,
+                num_heads=m.num_heads,
+                ffn_ratio=m.ffn_ratio,
+                neighbourhood=(m.windows or [7])[0],
+                dropout=m.dropout,
+            )
         return RLR(
             channels,
             map_sizes,
@@ -97,6 +132,10 @@ def build_model(config: RunConfig, channels: Sequence[int], map_sizes: Sequence[
             windows=m.windows,
             alpha=m.alpha,
             num_references=m.num_references,
+            fusion=m.fusion,
+            theta_init=tuple(m.theta_init),
+            dropout=m.dropout,
+            diversity_weight=m.diversity_weight,
         )
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None

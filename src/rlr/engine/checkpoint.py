@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rlr.atomic import torch_save
-from rlr.config import config_differences, load_config
+from rlr.config import config_differences, from_dict, load_config
 from rlr.errors import CheckpointError
 
 CHECKPOINT_FORMAT = 1
@@ -41,9 +41,10 @@ def ensure_same_config(checkpoint: Path, saved: object) -> dict[str, Any]:
         raise CheckpointError(f"{checkpoint}: holds no config")
     config_file = Path(checkpoint).parent / "config.yaml"
     if config_file.is_file():
-        differences = [  # the epoch count may grow when a run is resumed for longer
-            d for d in config_differences(load_config(config_file).to_dict(), saved) if not d.startswith("train.epochs:")
-        ]
+        # Both sides with defaults filled in, so settings added after the run was trained compare equal;
+        # the epoch count may grow when a run is resumed for longer.
+        on_file, in_checkpoint = load_config(config_file).to_dict(), from_dict(saved).to_dict()
+        differences = [d for d in config_differences(on_file, in_checkpoint) if not d.startswith("train.epochs:")]
         if differences:
             raise CheckpointError(
                 f"{checkpoint}: was trained with another config than {config_file} ({'; '.join(differences)})"

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from rlr.config import RunConfig, from_dict
 from rlr.data.transforms import image_size as stored_image_size
@@ -20,15 +21,16 @@ from rlr.engine.build import (
     build_split,
     features_for,
     resolve_device,
+    scoring_rule,
 )
 from rlr.engine.checkpoint import ensure_same_config, load_checkpoint, load_model_state
 from rlr.engine.train import CHECKPOINT_NAME
-from rlr.errors import CheckpointError
+from rlr.errors import CheckpointError, RlrError
 from rlr.metrics import compute_metrics, mean_over_classes
-from rlr.models.rlr import RLR
+from rlr.report.failures import write_failures
 from rlr.report.html import write_html_report
 from rlr.report.tables import write_metric_tables, write_scores
-from rlr.scoring import anomaly_map, gaussian_blur, image_scores
+from rlr.scoring import ScoringRule
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ClassResult:
     metrics: dict[str, float | None]
 
 
-def load_run(run_dir: Path) -> tuple[RunConfig, RLR, dict]:
+def load_run(run_dir: Path) -> tuple[RunConfig, nn.Module, dict]:
     """The run's config and its last-epoch model (never a checkpoint picked on test data)."""
     path = Path(run_dir) / CHECKPOINT_NAME
     state = load_checkpoint(path)
@@ -60,13 +62,18 @@ def load_run(run_dir: Path) -> tuple[RunConfig, RLR, dict]:
 
 @torch.no_grad()
 def predict_maps(
-    model: RLR, features: Sequence[torch.Tensor], image_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    features: Sequence[torch.Tensor],
+    rule: ScoringRule,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
 ) -> torch.Tensor:
     """Unsmoothed anomaly maps (N, image_size, image_size) for cached features, batch by batch."""
     maps = []
     for start in range(0, features[0].shape[0], batch_size):
         batch = [f[start : start + batch_size].to(device, torch.float32) for f in features]
-        maps.append(anomaly_map(batch, model(batch), image_size).cpu())
+        maps.append(rule.raw_maps(batch, model(batch), image_size).cpu())
     return torch.cat(maps)
 
 
@@ -80,45 +87,58 @@ def load_masks(records: Sequence[ImageRecord], image_size: int) -> np.ndarray:
     return masks
 
 
-def evaluate(run_dir: Path, device_name: str | None = None) -> dict[str, ClassResult]:
-    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv and report.html."""
-    run_dir = Path(run_dir)
-    config, model, _ = load_run(run_dir)
+def test_results(
+    run_dir: Path, device_name: str | None = None, classes: Sequence[str] | None = None
+) -> tuple[RunConfig, dict[str, ClassResult]]:
+    """Score every test image of the run's classes (or of `classes`) with its last checkpoint; writes nothing."""
+    config, model, _ = load_run(Path(run_dir))
     device = resolve_device(device_name or config.train.device)
     model.to(device)
     split = build_split(config)
+    unknown = sorted(set(classes or ()) - set(split.test))
+    if unknown:
+        raise RlrError(f"{run_dir}: no class {', '.join(unknown)} in this run (it has {', '.join(split.test)})")
     extractor = build_extractor(config)
     cache = build_cache(config, extractor)
+    rule = scoring_rule(config)
     size = config.data.image_size
 
     results: dict[str, ClassResult] = {}
     for class_name, records in split.test.items():
+        if classes and class_name not in classes:
+            continue
         features = features_for(config, records, extractor, cache, device, f"test {class_name}")
-        raw = predict_maps(model, features, size, config.eval.batch_size, device)
-        scores = image_scores(raw, config.eval.image_score_sigma).numpy()
-        maps = gaussian_blur(raw, config.eval.pixel_map_sigma).numpy().astype(np.float32)
+        raw = predict_maps(model, features, rule, size, config.eval.batch_size, device)
+        scores = rule.image_scores(raw).numpy()
+        maps = rule.pixel_maps(raw).numpy().astype(np.float32)
         labels = np.array([r.label for r in records])
         masks = load_masks(records, size)
         metrics = compute_metrics(scores, labels, maps, masks)
         results[class_name] = ClassResult(list(records), scores, maps, masks, metrics)
+    return config, results
 
+
+def evaluate(run_dir: Path, device_name: str | None = None) -> dict[str, ClassResult]:
+    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv, report.html, failures.md."""
+    run_dir = Path(run_dir)
+    config, results = test_results(run_dir, device_name)
     per_class = {name: r.metrics for name, r in results.items()}
     mean = mean_over_classes(per_class)
     settings = protocol(config)
     write_metric_tables(run_dir, per_class, mean, settings)
     write_scores(run_dir / "scores.csv", {name: (r.records, r.scores) for name, r in results.items()})
-    write_html_report(run_dir, results, mean, settings, size)
+    write_html_report(run_dir, results, mean, settings, config.data.image_size)
+    write_failures(run_dir, results)
     return results
 
 
 def protocol(config: RunConfig) -> dict[str, object]:
     """The evaluation settings a reader needs to compare numbers, written beside every table."""
     return {
+        "model": config.model.name,
         "image_size": config.data.image_size,
         "mask_resize": "nearest neighbour, binarised at > 0",
-        "map": "per-level score upsampled bilinearly (align_corners=True), averaged over levels",
-        "pixel_map_sigma": config.eval.pixel_map_sigma,
-        "image_score": f"max of the map after a Gaussian filter, sigma {config.eval.image_score_sigma}",
+        **scoring_rule(config).describe(),
         "aupro_fpr_limit": 0.3,
         "checkpoint": "last epoch",
     }

@@ -1,4 +1,8 @@
-"""The frozen backbone: timm `features_only` maps, the backbone's own normalisation, 3x3 smoothing."""
+"""The frozen backbone: timm `features_only` maps, the backbone's own normalisation, 3x3 smoothing.
+
+With `merge`, every level is resized bilinearly (align_corners=True) to the coarsest level's
+size and the levels are concatenated along channels: UniAD's single multi-scale map.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,13 @@ class FeatureExtractor(nn.Module):
         weights_file: str | None = None,
         allow_download: bool = False,
         smoothing: int = 3,
+        merge: bool = False,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.out_indices = tuple(out_indices)
         self.smoothing = smoothing
+        self.merge = merge
         self.net = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=self.out_indices)
         self.weights: WeightsSource = resolve_weights(self.net, backbone, weights_file, allow_download)
         cfg = self.net.pretrained_cfg
@@ -41,11 +47,13 @@ class FeatureExtractor(nn.Module):
 
     @property
     def channels(self) -> list[int]:
-        return list(self.net.feature_info.channels())
+        channels = list(self.net.feature_info.channels())
+        return [sum(channels)] if self.merge else channels
 
     @property
     def reductions(self) -> list[int]:
-        return list(self.net.feature_info.reduction())
+        reductions = list(self.net.feature_info.reduction())
+        return [max(reductions)] if self.merge else reductions
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         """Stay in eval mode whatever the caller asks: batch-norm statistics are frozen."""
@@ -57,4 +65,8 @@ class FeatureExtractor(nn.Module):
         if self.smoothing > 1:
             pad = self.smoothing // 2
             maps = [F.avg_pool2d(m, self.smoothing, stride=1, padding=pad) for m in maps]
+        if self.merge:
+            size = maps[-1].shape[-2:]  # timm lists levels from fine to coarse
+            resized = [F.interpolate(m, size=size, mode="bilinear", align_corners=True) for m in maps]
+            maps = [torch.cat(resized, dim=1)]
         return maps

@@ -30,7 +30,12 @@ def default_cache_dir() -> Path:
 
 
 def extractor_key(
-    backbone: str, weights_identity: str, image_size: int, out_indices: Sequence[int], smoothing: int
+    backbone: str,
+    weights_identity: str,
+    image_size: int,
+    out_indices: Sequence[int],
+    smoothing: int,
+    merge: bool = False,
 ) -> str:
     """A stable hash of every extractor setting that changes the features."""
     settings = {
@@ -40,6 +45,7 @@ def extractor_key(
         "image_size": image_size,
         "out_indices": list(out_indices),
         "smoothing": smoothing,
+        **({"merge": True} if merge else {}),  # absent when off, so existing caches stay valid
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -45,15 +45,34 @@ def resolve_window(map_size: tuple[int, int], window: int | None) -> int:
 
 
 class RLRLayer(nn.Module):
-    """One layer: Z = LN(alpha * sum_i LCA(Y, R_i) + MLKA(Y, R)); Y' = LN(Z + FFN(Z))."""
+    """One layer: Z = LN(fuse(sum_i LCA(Y, R_i), MLKA(Y, R))); Y' = LN(Z + FFN(Z)).
 
-    def __init__(self, dim: int, num_heads: int, ffn_ratio: int, alpha: float) -> None:
+    Fusion 'alpha' (the paper's Eq. 4) is alpha * LCA + MLKA with a fixed alpha; 'theta' (the
+    supplementary's Eq. 1) is theta1 * MLKA + theta2 * LCA with both weights learned.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_ratio: int,
+        alpha: float,
+        fusion: str = "alpha",
+        theta_init: tuple[float, float] = (1.0, 1.0),
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if fusion not in ("alpha", "theta"):
+            raise ValueError(f"unknown fusion '{fusion}' (known: alpha, theta)")
+        self.fusion = fusion
         self.alpha = alpha
+        if fusion == "theta":
+            self.theta = nn.Parameter(torch.tensor([float(theta_init[0]), float(theta_init[1])]))
         self.lca = WindowAttention(dim, num_heads)
         self.mlka = MaskedAttention(dim, num_heads)
         self.fuse_norm = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_ratio * dim), nn.GELU(), nn.Linear(ffn_ratio * dim, dim))
+        self.dropout = nn.Dropout(dropout)
         self.out_norm = nn.LayerNorm(dim)
 
     def forward(
@@ -67,8 +86,12 @@ class RLRLayer(nn.Module):
         """tokens (B, N, d); references (K, N, d) embedded; window (N, w*w); far_mask (N, N) bool."""
         lca = sum(self.lca(tokens, ref[None], ref[None], window_index, window_valid) for ref in references)
         mlka = self.mlka(tokens, references.mean(0, keepdim=True), tokens, far_mask)
-        fused = self.fuse_norm(self.alpha * lca + mlka)
-        return self.out_norm(fused + self.ffn(fused))
+        if self.fusion == "theta":
+            mixed = self.theta[0] * mlka + self.theta[1] * lca
+        else:
+            mixed = self.alpha * lca + mlka
+        fused = self.fuse_norm(self.dropout(mixed))
+        return self.out_norm(fused + self.dropout(self.ffn(fused)))
 
 
 class LevelReconstructor(nn.Module):
@@ -85,6 +108,9 @@ class LevelReconstructor(nn.Module):
         window: int | None = None,
         alpha: float = 2.0,
         num_references: int = 1,
+        fusion: str = "alpha",
+        theta_init: tuple[float, float] = (1.0, 1.0),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         height, width = map_size
@@ -95,7 +121,9 @@ class LevelReconstructor(nn.Module):
         self.reference = nn.Parameter(torch.randn(num_references * tokens, channels))
         self.input_embed = nn.Linear(channels, dim)
         self.reference_embed = nn.Linear(channels, dim)
-        self.layers = nn.ModuleList(RLRLayer(dim, num_heads, ffn_ratio, alpha) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            RLRLayer(dim, num_heads, ffn_ratio, alpha, fusion, theta_init, dropout) for _ in range(num_layers)
+        )
         self.final_norm = nn.LayerNorm(dim)
         self.project = nn.Linear(dim, channels)
         near = window_mask(height, width, self.window)
@@ -114,6 +142,14 @@ class LevelReconstructor(nn.Module):
         """R_h: (K, HW, d), computed once per forward and shared by every layer."""
         refs = self.reference.view(self.num_references, -1, self.reference.shape[-1])
         return self.reference_embed(refs) + self.position
+
+    def reference_similarity(self) -> torch.Tensor:
+        """Mean over reference pairs and tokens of cos(R_i[t], R_j[t]): the diversity term (0 for K = 1)."""
+        if self.num_references < 2:
+            return self.reference.new_zeros(())
+        refs = F.normalize(self.reference.view(self.num_references, -1, self.reference.shape[-1]), dim=-1)
+        first, second = torch.triu_indices(self.num_references, self.num_references, offset=1)
+        return (refs[first] * refs[second]).sum(-1).mean()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = features.shape
@@ -142,8 +178,13 @@ class RLR(nn.Module):
         windows: Sequence[int | None] | None = None,
         alpha: float = 2.0,
         num_references: int = 1,
+        fusion: str = "alpha",
+        theta_init: tuple[float, float] = (1.0, 1.0),
+        dropout: float = 0.0,
+        diversity_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        self.diversity_weight = diversity_weight
         levels = len(channels)
         if not (len(map_sizes) == len(dims) == levels):
             raise ValueError(
@@ -153,12 +194,29 @@ class RLR(nn.Module):
         if len(windows) != levels:
             raise ValueError(f"got {levels} feature levels but {len(windows)} attention windows")
         self.levels = nn.ModuleList(
-            LevelReconstructor(c, tuple(s), d, num_layers, num_heads, ffn_ratio, w, alpha, num_references)
+            LevelReconstructor(
+                c, tuple(s), d, num_layers, num_heads, ffn_ratio, w, alpha, num_references, fusion, theta_init, dropout
+            )
             for c, s, d, w in zip(channels, map_sizes, dims, windows)
         )
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [level(f) for level, f in zip(self.levels, features)]
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The weighted diversity term summed over levels; zero with one reference."""
+        return self.diversity_weight * sum(level.reference_similarity() for level in self.levels)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Learned fusion weights per layer ('level0.layer1.theta_mlka', ...), for the training log."""
+        values: dict[str, float] = {}
+        for i, level in enumerate(self.levels):
+            for j, layer in enumerate(level.layers):
+                if layer.fusion == "theta":
+                    theta_mlka, theta_lca = layer.theta.detach().tolist()
+                    values[f"level{i}.layer{j}.theta_mlka"] = theta_mlka
+                    values[f"level{i}.layer{j}.theta_lca"] = theta_lca
+        return values
 
 
 def feature_jitter(features: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -169,8 +227,10 @@ def feature_jitter(features: torch.Tensor, scale: float, generator: torch.Genera
     return features + noise * (token_norm / channels) * scale
 
 
-def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE + mean over tokens of (1 - cosine similarity along channels), for one level."""
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, cosine_term: bool = True) -> torch.Tensor:
+    """MSE + mean over tokens of (1 - cosine similarity along channels), for one level (UniAD: MSE only)."""
     mse = F.mse_loss(reconstruction, target)
+    if not cosine_term:
+        return mse
     cosine = F.cosine_similarity(reconstruction, target, dim=1)
     return mse + (1.0 - cosine).mean()

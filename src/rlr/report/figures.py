@@ -1,4 +1,4 @@
-"""Report figures as PNG bytes: per-class image-level ROC curves and example heatmap grids.
+"""Report figures as PNG bytes: per-class image-level ROC curves, heatmap grids, shared panel helpers.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no display, no pyplot global
 state) and stored as 256-colour PNGs, which keeps an HTML report with every class's grid small.
@@ -7,16 +7,22 @@ state) and stored as 256-colour PNGs, which keeps an HTML report with every clas
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+import os
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from PIL import Image
+
+from rlr.data.transforms import load_image
 
 PANEL_INCHES = 1.7  # one thumbnail: 170 px at DPI
 DPI = 100
+HEATMAP_CMAP = "jet"
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -64,6 +70,34 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> by
     return _png(fig)
 
 
+def display_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """(size, size, 3) floats in [0, 1]: the image resized as the model saw it, before normalisation."""
+    return load_image(path, size).permute(1, 2, 0).numpy()
+
+
+def show_mask(ax: Axes, mask: np.ndarray) -> None:
+    """A ground-truth mask in black and white, pixels kept sharp."""
+    ax.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+def show_overlay(
+    ax: Axes, image: np.ndarray, amap: np.ndarray, mask: np.ndarray, vmin: float, vmax: float
+) -> AxesImage:
+    """The map at half opacity over its image, the ground-truth outline in white: where it fires vs the defect."""
+    ax.imshow(image)
+    overlay = ax.imshow(amap, cmap=HEATMAP_CMAP, vmin=vmin, vmax=vmax, alpha=0.5)
+    if mask.any():
+        ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+    return overlay
+
+
+def clear_ticks(axes: Iterable[Axes]) -> None:
+    """Image panels carry no axis ticks."""
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def heatmap_grid(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -85,14 +119,9 @@ def heatmap_grid(
         top, middle, bottom = axes[:, col]
         top.imshow(image)
         top.set_title(title, fontsize=8)
-        middle.imshow(mask, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        bottom.imshow(image)
-        overlay = bottom.imshow(amap, cmap="jet", vmin=vmin, vmax=vmax, alpha=0.5)
-        if mask.any():
-            bottom.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        show_mask(middle, mask)
+        overlay = show_overlay(bottom, image, amap, mask, vmin, vmax)
+    clear_ticks(axes.flat)
     for ax, name in zip(axes[:, 0], ("image", "ground truth", "anomaly map")):
         ax.set_ylabel(name, fontsize=8)
     if overlay is not None:

@@ -1,4 +1,4 @@
-"""One self-contained HTML page per tested run: protocol, metric table, ROC curves, heatmaps.
+"""One self-contained HTML page per tested run: protocol, metric table, ROC curves, failures, heatmaps.
 
 Everything is inline (CSS, base64 PNGs), so the file can be mailed or opened offline; every
 text that comes from data (class names, paths, settings) goes through `html.escape`.
@@ -14,9 +14,18 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from rlr.atomic import write_text
-from rlr.data.transforms import load_image
 from rlr.metrics import METRIC_NAMES, auroc
-from rlr.report.figures import heatmap_grid, pick_examples, roc_curve, roc_figure
+from rlr.report.failures import (
+    FAILURE_CLASSES,
+    FAILURE_IMAGES,
+    RANK_METRICS,
+    analysed_classes,
+    failure_grid,
+    find_failures,
+    image_name,
+    rank_classes,
+)
+from rlr.report.figures import display_image, heatmap_grid, pick_examples, roc_curve, roc_figure
 
 if TYPE_CHECKING:  # evaluate imports this package; a runtime import would be circular
     from rlr.engine.evaluate import ClassResult
@@ -57,8 +66,8 @@ def _png_tag(png: bytes, alt: str) -> str:
 
 def worst_classes(per_class: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     """The lowest-mAD classes: 2, or 1 when fewer than 4 classes have an mAD (none for one)."""
-    ranked = sorted((row["mAD"], name) for name, row in per_class.items() if row.get("mAD") is not None)
-    return [name for _, name in ranked[: min(WORST_CLASSES, len(ranked) // 2)]]
+    ranked = rank_classes(per_class)
+    return ranked[: min(WORST_CLASSES, len(ranked) // 2)]
 
 
 def _metrics_section(per_class: Mapping[str, Mapping[str, float | None]], mean: Mapping[str, float | None]) -> str:
@@ -114,7 +123,7 @@ def _class_examples(name: str, result: ClassResult, image_size: int, count: int)
     if not chosen:
         return f'<h3>{html.escape(name)}</h3>\n<p class="note">No test images.</p>\n'
     records = [result.records[i] for i in chosen]
-    images = [load_image(r.image_path, image_size).permute(1, 2, 0).numpy() for r in records]
+    images = [display_image(r.image_path, image_size) for r in records]
     titles = [
         f"{'defect' if r.label > 0 else 'normal'}: {r.defect_type[:16]}\nscore {result.scores[i]:.3g}"
         for r, i in zip(records, chosen)
@@ -137,6 +146,52 @@ def _class_examples(name: str, result: ClassResult, image_size: int, count: int)
     )
 
 
+def _failure_items(result: ClassResult, image_size: int) -> str:
+    """One class's failure grid and, per column, its file, score, rank and the images it crosses."""
+    failures = find_failures(result.scores, np.array([r.label for r in result.records]))
+    total = len(result.records)
+    items = []
+    for case in failures.false_alarms:
+        name = html.escape(image_name(result.records[case.index].image_path))
+        items.append(
+            f"<li>normal <code>{name}</code>: score {case.score:.4g}, rank {case.rank} of {total}, "
+            f"above {case.crossed} of {failures.n_defective} defective images</li>"
+        )
+    for case in failures.misses:
+        record = result.records[case.index]
+        items.append(
+            f"<li>{html.escape(record.defect_type)} <code>{html.escape(image_name(record.image_path))}</code>: "
+            f"score {case.score:.4g}, rank {case.rank} of {total}, below {case.crossed} of "
+            f"{failures.n_normal} normal images</li>"
+        )
+    figure = _png_tag(failure_grid(result, failures, image_size), "false alarms and misses")
+    return f"<figure>{figure}\n<figcaption><ol>{''.join(items)}</ol></figcaption></figure>\n"
+
+
+def _failures_section(results: Mapping[str, ClassResult], image_size: int) -> str:
+    per_class = {name: result.metrics for name, result in results.items()}
+    ranked = rank_classes(per_class)
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in RANK_METRICS)
+    rows = []
+    for position, name in enumerate(ranked, 1):
+        cells = "".join(f"<td>{_percent(per_class[name].get(m))}</td>" for m in RANK_METRICS)
+        rows.append(f"<tr><td>{position}</td><th>{html.escape(name)}</th>{cells}</tr>")
+    note = (
+        f"Classes ranked by mAD, worst first. For the {FAILURE_CLASSES} lowest-ranked classes (every ranked "
+        f"class when there are at most {FAILURE_CLASSES}): the {FAILURE_IMAGES} highest-scored normal test "
+        f"images (false-alarm candidates), then the {FAILURE_IMAGES} lowest-scored defective ones (misses), "
+        "with their maps on the class's colour scale. Rank 1 is the class's highest image score; a normal image "
+        "above defective ones, or a defect below normal ones, is what lowers the class's I-AUROC. The same lists "
+        "are in <code>failures.md</code>."
+    )
+    body = "\n".join(rows)
+    table = f'<table id="ranking">\n<thead><tr><th>rank</th><th>class</th>{head}</tr></thead>\n<tbody>\n{body}\n'
+    parts = ['<h2 id="failures">Failure analysis</h2>', f"{table}</tbody>\n</table>", f'<p class="note">{note}</p>']
+    for name in analysed_classes(per_class):
+        parts.append(f"<h3>{html.escape(name)}</h3>\n{_failure_items(results[name], image_size)}")
+    return "\n".join(parts) + "\n"
+
+
 def write_html_report(
     run_dir: Path,
     results: Mapping[str, ClassResult],
@@ -151,7 +206,14 @@ def write_html_report(
     settings = "\n".join(
         f"<li><code>{html.escape(str(key))}</code>: {html.escape(str(value))}</li>" for key, value in protocol.items()
     )
-    examples = "".join(_class_examples(n, r, image_size, examples_per_class) for n, r in results.items())
+    failures = _failures_section(results, image_size)
+    analysed = set(analysed_classes(per_class))
+    examples = "".join(
+        f'<h3>{html.escape(n)}</h3>\n<p class="note">Shown under <a href="#failures">failure analysis</a>.</p>\n'
+        if n in analysed
+        else _class_examples(n, r, image_size, examples_per_class)
+        for n, r in results.items()
+    )
     title = f"RLR report: {run_dir.name}"
     page = f"""<!DOCTYPE html>
 <html lang="en">
@@ -168,10 +230,11 @@ def write_html_report(
 <ul id="protocol">
 {settings}
 </ul>
-{_metrics_section(per_class, mean)}{_roc_section(results)}<h2>Example heatmaps</h2>
+{_metrics_section(per_class, mean)}{_roc_section(results)}{failures}<h2>Example heatmaps</h2>
 <p class="note">Per class: the highest- and lowest-scored defective images and the highest-scored
-normal one, then further images by score. Rows: image, ground-truth mask, anomaly map over the
-image with the ground-truth outline in white; one colour scale per class (its maps' min to max).</p>
+normal one, then further images by score (classes analysed above show their failures there instead).
+Rows: image, ground-truth mask, anomaly map over the image with the ground-truth outline in white;
+one colour scale per class (its maps' min to max).</p>
 {examples}</body>
 </html>
 """
