@@ -1,12 +1,13 @@
 """Training speed of one RLR step: the efficient attentions vs the plain masked full-attention reference.
 
-    python benchmarks/train_step.py [--configs cpu paper] [--steps 5] [--warmup 2]
-                                    [--num-references 1] [--device cpu] [--out PATH]
+    python benchmarks/train_step.py [--configs cpu paper] [--steps 5] [--warmup 2] [--num-references 1]
+                                    [--device cpu] [--threads N] [--out PATH]
 
 A step is the trainer's: feature jitter, forward, `training_loss` (reconstruction + diversity),
 backward, Adam step. Its inputs are synthetic feature maps of the backbone's shapes at 256 px
 (no backbone runs: it is frozen and outside the step), the same tensors for both variants, which
-also start from the same weights (`rlr.models.reference.plain_reference` copies the model).
+also start from the same weights (`rlr.models.reference.plain_reference` copies the model); the
+jitter noise is drawn afresh each step, as in training.
 Configs: `cpu` is `rlr.presets.cpu_config()` (Lite0: 40 ch @ 32x32, 112 @ 16x16; widths 64/128,
 2 layers, 4 heads, batch 8); `paper` is `configs/rlr_mvtec.yaml` (b6: 72 @ 32x32, 200 @ 16x16;
 widths 256/512, 4 layers, 8 heads, batch 4). Each runs with both levels and with the 32x32 level
@@ -20,9 +21,10 @@ time, set against this machine's dense float32 matmul GFLOP/s (best of several 2
 the practical ceiling. Peak memory: on CPU, the resident-set peak (VmHWM, reset before the steps)
 over warm-up plus one step, above the resident set before them, in a fresh process per variant
 (Linux only; torch's CPU allocations are invisible to tracemalloc): activations, gradients and
-Adam's state. On CUDA,
-`torch.cuda.max_memory_allocated` above the memory held before the step. Writes JSON to
-benchmarks/results/train_step.json.
+Adam's state. On CUDA, `torch.cuda.max_memory_allocated` above the memory held before the step.
+Time on an idle machine: with other jobs on few cores, torch's threads wait on each other and the
+efficient step's many small kernels suffer most (`--threads 1` is the robust choice then). The
+load average before and after goes into the JSON, written to benchmarks/results/train_step.json.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class PlainMaskedAttention(MaskedAttention):
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, N, N)
+        q = q * q.shape[-1] ** -0.5  # scaled here, not on the (N, N) scores: one pass fewer over them
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, h, N, N)
         scores = torch.where(allowed, scores, float("-inf"))  # masked_fill(~allowed), minus the inverted copy
         out = torch.matmul(scores.softmax(dim=-1), v)
         return self.out_proj(out.transpose(1, 2).reshape(query.shape))
