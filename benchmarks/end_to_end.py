@@ -1,7 +1,7 @@
 """Wall time of `rlr train` + `rlr test` on realmini, split into feature extraction, training, testing.
 
     python benchmarks/end_to_end.py [--data ../shared/data/realmini] [--config configs/rlr_realmini_cpu.yaml]
-        [--passes cold warm] [--limit N] [--quick] [--out PATH] [key=value overrides, e.g. train.epochs=2]
+        [--passes cold warm] [--limit N] [--quick] [--keep-run DIR] [--out PATH] [key=value overrides]
 
 The config is the realmini one, `configs/rlr_realmini_cpu.yaml` (what benchmarks/realmini.py trains),
 not the demo preset `rlr.presets.cpu_config`. Each pass calls the two functions the CLI calls,
@@ -15,15 +15,15 @@ train_log.jsonl, so a short run (`train.epochs=2`) can be extrapolated: the JSON
 total for the config file's epoch count, labelled as a projection. Process start-up and imports
 (about two seconds per command) are not included. `--limit N` keeps the first N training images per
 class and the first N test images per defect type (a linked subset, for smoke tests); `--quick` is
-`--limit 4 train.epochs=1`. Writes benchmarks/results/end_to_end.json.
+`--limit 4 train.epochs=1`. `--keep-run DIR` copies the first pass's run folder to DIR (for
+`benchmarks/peers.py --rlr-run DIR`). Writes benchmarks/results/end_to_end.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine_info import machine_info
 
 import rlr.engine.evaluate
 import rlr.engine.train
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cold: empty feature cache; warm: the cache the cold pass filled (default both)")
     parser.add_argument("--limit", type=int, help="at most N images per train/test folder (smoke tests)")
     parser.add_argument("--quick", action="store_true", help=f"--limit {QUICK_LIMIT} train.epochs=1")
+    parser.add_argument("--keep-run", type=Path, help="copy the first pass's run folder here")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. train.epochs=2)")
     args = parser.parse_args(argv)
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         if "warm" in args.passes and "cold" not in args.passes:
             timed_run(config, scratch / "fill")  # fills the cache; untimed
         passes = {name: timed_run(config, scratch / name) for name in ("cold", "warm") if name in args.passes}
+        if args.keep_run:
+            shutil.copytree(scratch / next(iter(passes)), args.keep_run, dirs_exist_ok=True)
 
     print(f"{args.config.name}, {config.train.epochs} epochs, {config.data.image_size} px, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
@@ -223,10 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "timed inside rlr train / rlr test; process start-up is not included. Projection = measured total + "
         "(config file epochs - measured epochs) x mean seconds of the measured epochs after the first "
         "(of the only one when a single epoch ran).",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **machine_info(),
     }
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

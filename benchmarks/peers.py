@@ -30,10 +30,9 @@ excluded on both sides.
 
 Cost on a CPU: the unified memory bank holds every training patch, 1,023 images x 32 x 32 = 1.05 M
 patches, and anomalib's greedy coreset visits all of them (projected to 342 dimensions) once per
-selected patch: 1.5 s per selection on this project's 2-core machine (measured while it was shared),
-so its default ratio 0.1 (105 k selections) takes more than a day there, 0.01 three to four hours,
-0.001 20 to 30 minutes. It is built for a GPU; on a CPU pass a smaller `--coreset-ratio` and say so
-(the JSON records it).
+selected patch: 0.94 s per selection on this project's idle 2-core machine, so its default ratio 0.1
+(105 k selections) takes about 27 hours there, 0.01 about 2.7 hours, 0.001 16 minutes. It is built
+for a GPU; on a CPU pass a smaller `--coreset-ratio` and say so (the JSON records it).
 
 `--sides` runs one side and keeps the other's entry from an earlier JSON at `--out` when it was
 measured on the same data. Writes benchmarks/results/peers.json.
@@ -43,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -57,6 +54,7 @@ import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from end_to_end import CONFIG, DATA, link_subset, quick_args, timed_run
+from machine_info import machine_info
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Normalize
 
@@ -282,11 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "same decoded, resized pixels and the same Lite0 weights with Lite0's own normalisation",
         "inference": f"whole scorer on in-memory test images, batch {args.batch}, decoding excluded, one untimed batch first",
         "sides": {n: sides[n] for n in SIDES if n in sides},
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "anomalib": version("anomalib"),
-        "python": platform.python_version(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **machine_info(),
     }
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from typing import Callable
 
 import onnxruntime
 import torch
+from machine_info import machine_info
 
 import rlr
 from rlr.atomic import write_text
@@ -99,20 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         "statistic": "median over repeats",
         "results": rows,
         "read_and_resize_ms": 1000 * read_one,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": _cpu_count(),
+        **machine_info(),
     }
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
-
-
-def _cpu_count() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

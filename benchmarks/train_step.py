@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from machine_info import machine_info
 from torch.utils.flop_counter import (
     FlopCounterMode,
     sdpa_backward_flop_count,
@@ -285,11 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_met": None if target is None else target >= TARGET_SPEEDUP,
         "results": rows,
         "load_average_1_5_15_min": {"before": load_before, "after": load_after},  # other work on the machine
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **machine_info(),
     }
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"load average before/after (1, 5, 15 min): {load_before} / {load_after}")

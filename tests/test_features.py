@@ -57,6 +57,21 @@ def test_extractor_is_frozen_and_gives_smoothed_maps(extractor):
     assert torch.allclose(maps[0], F.avg_pool2d(raw, 3, 1, 1), atol=1e-6)
 
 
+def test_channels_last_backbone_matches_the_default_layout(extractor):
+    """The faster memory layout changes float rounding only, and hands plain contiguous maps on."""
+    conv_weight = next(p for p in extractor.net.parameters() if p.dim() == 4)
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+    reference = timm.create_model(PACKAGED_LITE0, pretrained=False, features_only=True, out_indices=(2, 3)).eval()
+    reference.load_state_dict(extractor.net.state_dict())
+    images = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = [F.avg_pool2d(m, 3, 1, 1) for m in reference((images - 0.5) / 0.5)]
+    maps = extractor(images)
+    for got, want in zip(maps, expected):
+        assert got.is_contiguous()
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
 def test_unknown_backbone_offline_fails_at_once_with_one_line():
     started = time.perf_counter()
     with pytest.raises(WeightsError) as info:
