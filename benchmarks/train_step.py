@@ -58,7 +58,7 @@ from rlr.presets import cpu_config
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
 # Channels of out_indices (2, 3), strides 8 and 16; the backbone itself never runs here.
-BACKBONE_CHANNELS = {"tf_efficientnet_lite0": (40, 112), "tf_efficientnet_b6": (72, 200)}
+BACKBONE_CHANNELS = {"tf_efficientnet_lite0": (40, 112), "tf_efficientnet_b6.aa_in1k": (72, 200)}
 STRIDES = (8, 16)
 SCOPES = ("both levels", "32x32 level")
 TARGET_SPEEDUP = 4.0  # efficient vs plain, CPU config, 32x32 level

@@ -1,11 +1,24 @@
 """`rlr ablate`: each study trains its variants once and writes its table as Markdown and JSON."""
 
+import csv
 import json
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from rlr.ablate import config_hash, run_study, saved_activation_bytes, study_variants
+from rlr.ablate import (
+    RECIPE,
+    config_hash,
+    run_recipe,
+    run_study,
+    saved_activation_bytes,
+    study_variants,
+    training_hash,
+)
 from rlr.cli import main
+from rlr.config import EvalConfig, RunConfig
 from rlr.errors import RlrError
 from rlr.models.rlr import RLR
 
@@ -98,3 +111,89 @@ def test_saved_activation_bytes_grow_with_batch():
     small = saved_activation_bytes(model, [torch.randn(1, 8, 8, 8)])
     large = saved_activation_bytes(model, [torch.randn(4, 8, 8, 8)])
     assert 0 < small < large
+
+
+PIXEL_METRICS = ("P-AUROC", "P-AP", "P-F1max", "AUPRO")
+
+
+def _scores(folder: Path) -> list[float]:
+    with open(folder / "scores.csv", newline="") as handle:
+        return [float(row["score"]) for row in csv.DictReader(handle)]
+
+
+def test_run_hashes_ignore_later_settings_at_their_default_and_recipe_runs_ignore_eval():
+    # the hash a default config had before the recipe settings existed: the studies' runs keep their folders
+    assert config_hash(RunConfig()) == "4664326c"
+    top1 = replace(RunConfig(), eval=EvalConfig(image_score_top_percent=1.0))
+    assert config_hash(top1) != config_hash(RunConfig()) and training_hash(top1) == training_hash(RunConfig())
+    dropout = RunConfig()
+    dropout.model.input_dropout = 0.2
+    assert training_hash(dropout) != training_hash(RunConfig())
+
+
+def test_recipe_eval_variant_tests_the_paper_run_again_and_a_rerun_reuses_both(tiny_demo, feature_cache_dir, tmp_path):
+    out = tmp_path / "recipe"
+    overrides = _overrides(tiny_demo, feature_cache_dir, "train.epochs=1")
+    logs: list[str] = []
+    result = run_recipe(out, overrides=overrides, slugs=["top1", "paper"], log=logs.append)
+    assert sum("training" in line for line in logs) == 1 and len(list((out / "runs").iterdir())) == 1
+    paper, top1 = result["rows"]  # table order, whatever the order asked for
+    assert (paper["slug"], top1["slug"]) == ("paper", "top1")
+    assert result["not_run"] == [v.slug for v in RECIPE[2:]]
+    run = Path(paper["per_seed"][0]["run"])
+    again = Path(top1["per_seed"][0]["results"])
+    assert top1["per_seed"][0]["run"] == str(run) and again.parent == out / "evals"
+
+    own, other = (json.loads((folder / "metrics.json").read_text()) for folder in (run, again))
+    assert own["protocol"]["image_score"].startswith("max of the map")  # the run keeps its own scoring
+    assert "top 1 %" in other["protocol"]["image_score"]
+    for name, row in own["per_class"].items():
+        assert {m: row[m] for m in PIXEL_METRICS} == {m: other["per_class"][name][m] for m in PIXEL_METRICS}
+    # the mean of the top 1 % of a smoothed map is at most its maximum, and here below it
+    paper_scores, top1_scores = _scores(run), _scores(again)
+    assert all(t <= p for t, p in zip(top1_scores, paper_scores)) and top1_scores != paper_scores
+    assert top1["mean"]["P-AUROC"] == paper["mean"]["P-AUROC"] and set(top1["mean"]) == {*own["mean"]}
+
+    epochs = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert paper["train_seconds"] == top1["train_seconds"] == sum(e["seconds"] for e in epochs)
+    markdown = (out / "recipe.md").read_text()
+    assert "| variant | seeds | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | AUPRO | mAD | train s |" in markdown
+    assert "| paper recipe | 0 |" in markdown and f"Not run yet: {', '.join(result['not_run'])}." in markdown
+    assert "feature extraction excluded" in markdown and json.loads((out / "recipe.json").read_text()) == result
+
+    trained_at = (run / "last.pt").stat().st_mtime_ns
+    logs.clear()
+    assert run_recipe(out, overrides=overrides, slugs=["paper", "top1"], log=logs.append) == result
+    assert logs == [f"{run.name}: done earlier, reused", f"{again.name}: tested earlier, reused"]
+    assert (run / "last.pt").stat().st_mtime_ns == trained_at
+
+
+def test_recipe_over_two_seeds_from_the_command_line_shows_the_spread(tiny_demo, feature_cache_dir, tmp_path, capsys):
+    out = tmp_path / "recipe"
+    tiny = [f"--{item}" for item in (*TINY, f"train.cache_dir={feature_cache_dir}", "train.epochs=1")]
+    args = ["ablate", "--study", "recipe", "--data", str(tiny_demo), "--out", str(out), "--seeds", "0", "1"]
+    assert main([*args, "--variants", "paper,top1", *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert sum("training" in line for line in printed.splitlines()) == 2
+    paper, top1 = json.loads((out / "recipe.json").read_text())["rows"]
+    assert paper["seeds"] == top1["seeds"] == [0, 1]
+    runs = [m["run"] for m in paper["per_seed"]]
+    assert len(set(runs)) == 2 and [m["run"] for m in top1["per_seed"]] == runs
+    assert len(list((out / "runs").iterdir())) == 2 and len(list((out / "evals").iterdir())) == 2
+    seconds = [m["train_seconds"] for m in paper["per_seed"]]
+    assert paper["range"]["train_seconds"] == [min(seconds), max(seconds)]
+    assert paper["mean"]["I-AUROC"] == pytest.approx(sum(m["mean"]["I-AUROC"] for m in paper["per_seed"]) / 2)
+    row = next(line for line in printed.splitlines() if line.startswith("| paper recipe |"))
+    assert row.startswith("| paper recipe | 0, 1 |") and re.search(r"\| \d+\.\d \(\d+\.\d-\d+\.\d\) \|", row)
+
+
+def test_recipe_refuses_an_unknown_variant_in_one_line(tmp_path, capsys):
+    message = "unknown variant 'nope' (known: " + ", ".join(v.slug for v in RECIPE) + ")"
+    with pytest.raises(RlrError, match=f"^{re.escape(message)}$"):
+        run_recipe(tmp_path / "x", slugs=["paper", "nope"])
+    assert not (tmp_path / "x").exists()
+    assert main(["ablate", "--study", "recipe", "--data", str(tmp_path), "--variants", "paper,nope"]) == 2
+    assert main(["ablate", "--study", "fusion", "--data", str(tmp_path), "--seeds", "1"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[0].startswith("rlr: error: unknown variant 'nope'") and errors[1].endswith("belong to --study recipe")
+    assert len(errors) == 2

@@ -15,6 +15,7 @@ import rlr.models.rlr as rlr_module
 from rlr.models.attention import window_mask, window_neighbours
 from rlr.models.reference import plain_layer, plain_reference
 from rlr.models.rlr import RLR, LevelReconstructor, RLRLayer
+from rlr.models.losses import reconstruction_loss
 
 TOLERANCE = 1e-5  # forward, max abs difference
 GRAD_TOLERANCE = 1e-4  # gradients sum over every token, so float32 rounding adds up further
@@ -79,7 +80,7 @@ def test_level_reconstructor_matches_plain_reference(side, window, num_reference
     for candidate in (model, plain):
         candidate.zero_grad()
         out = candidate([features])[0]
-        loss = rlr_module.reconstruction_loss(out, features) + candidate.auxiliary_loss()
+        loss = reconstruction_loss(out, features) + candidate.auxiliary_loss()
         loss.backward()
         outputs.append(out.detach())
         grads.append({n: p.grad for n, p in candidate.named_parameters()})

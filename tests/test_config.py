@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_paper_config_has_the_paper_settings():
     config = load_config(CONFIGS / "rlr_mvtec.yaml")
-    assert config.backbone.name == "tf_efficientnet_b6"
+    assert config.backbone.name == "tf_efficientnet_b6.aa_in1k"
     assert config.backbone.out_indices == [2, 3]
     assert config.data.image_size == 256
     assert config.model.hidden_dims == [256, 512]

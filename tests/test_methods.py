@@ -44,7 +44,8 @@ def test_paper_uniad_config_has_the_release_settings():
     assert (config.model.name, config.backbone.merge, config.backbone.out_indices) == ("uniad", True, [0, 1, 2, 3])
     assert (config.model.hidden_dims, config.model.num_layers, config.model.num_heads) == ([256], 4, 8)
     assert (config.train.optimizer, config.train.jitter_scale, config.train.grad_clip) == ("adamw", 20, 0.1)
-    assert learning_rate(config, 800) == pytest.approx(1e-4) and learning_rate(config, 801) == pytest.approx(1e-5)
+    # one step per epoch: step 799 is the last of epoch 800, step 800 the first of epoch 801
+    assert learning_rate(config, 799, 1) == pytest.approx(1e-4) and learning_rate(config, 800, 1) == pytest.approx(1e-5)
     rule = scoring_rule(config)
     assert (rule.map_score, rule.image_score, rule.image_score_pool) == ("l2", "mean_pool_max", 16)
 

@@ -8,9 +8,9 @@ from rlr.models.rlr import (
     RLR,
     LevelReconstructor,
     feature_jitter,
-    reconstruction_loss,
     sincos_position_encoding,
 )
+from rlr.models.losses import reconstruction_loss
 
 
 def _grid_index(row: int, col: int, width: int) -> int:

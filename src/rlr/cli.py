@@ -103,12 +103,18 @@ def cmd_data_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.ablate import run_study
+    from rlr.ablate import run_recipe, run_study
 
     overrides = [f"data.root={args.data}", f"data.format={args.format}", *_overrides(extra)]
-    methods = {slug: path for slug, path in (("rlr", args.rlr_config), ("uniad", args.uniad_config)) if path}
     out = args.out or Path("runs") / "ablate"
-    run_study(args.study, out, args.config, overrides, methods, args.overwrite)
+    if args.study == "recipe":
+        slugs = [slug.strip() for slug in args.variants.split(",")] if args.variants is not None else None
+        run_recipe(out, args.config, overrides, args.seeds, slugs, args.overwrite)
+    elif args.seeds is not None or args.variants is not None:
+        raise RlrError("--seeds and --variants belong to --study recipe")
+    else:
+        methods = {slug: path for slug, path in (("rlr", args.rlr_config), ("uniad", args.uniad_config)) if path}
+        run_study(args.study, out, args.config, overrides, methods, args.overwrite)
     print(Path(out, f"{args.study}.md").read_text(encoding="utf-8"), end="")
     print(f"tables: {out}/{args.study}.md and .json")
     return 0
@@ -268,13 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     figure.set_defaults(handler=cmd_figure)
 
     ablate = sub.add_parser(
-        "ablate", help="train a study's variants (methods, fusion, refs) and write its table; extra --key value overrides"
+        "ablate",
+        help="train a study's variants (methods, fusion, refs, recipe), write its table; extra --key value overrides",
     )
-    ablate.add_argument("--study", required=True, choices=("methods", "fusion", "refs"))
+    ablate.add_argument("--study", required=True, choices=("methods", "fusion", "refs", "recipe"))
     ablate.add_argument("--data", type=Path, required=True, help="dataset root")
     ablate.add_argument("--format", default="mvtec", choices=("mvtec", "visa"), help="dataset layout (default mvtec)")
     ablate.add_argument("--out", type=Path, help="study folder (default runs/ablate)")
-    ablate.add_argument("--config", type=Path, help="base config of fusion/refs (default: the small CPU preset)")
+    ablate.add_argument("--config", type=Path, help="base config of fusion/refs/recipe (default: the small CPU preset)")
+    ablate.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="recipe: train every variant once per seed (default: the config's seed)")
+    ablate.add_argument("--variants", metavar="SLUG,...",
+                        help="recipe: only these, e.g. paper,top1 (default: all; the table shows all run so far)")
     ablate.add_argument("--rlr-config", type=Path, help="methods: RLR's config (default: the rlr_cpu preset)")
     ablate.add_argument("--uniad-config", type=Path, help="methods: UniAD's config (default: the uniad_cpu preset)")
     ablate.add_argument("--overwrite", action="store_true", help="retrain variants whose folder holds another run")

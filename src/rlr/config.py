@@ -11,6 +11,8 @@ import yaml
 
 from rlr.atomic import write_text
 from rlr.errors import ConfigError
+from rlr.models.losses import LOSSES
+from rlr.models.rlr import INITS
 from rlr.scoring import IMAGE_SCORES, MAP_SCORES
 
 
@@ -50,6 +52,8 @@ class ModelConfig:
     ffn_ratio: int = 4
     windows: list[int] | None = None  # RLR: LCA/MLKA window per level (None: the paper's); UniAD: hidden neighbourhood
     dropout: float = 0.0
+    input_dropout: float = 0.0  # dropout on the embedded input tokens while training (Dinomaly's noisy bottleneck: 0.2)
+    init: str = "torch"  # "torch": nn.Linear defaults; "release": the authors' (Kaiming-normal embeddings, Xavier attention, zero biases)
     fusion: str = "alpha"  # "alpha": alpha * LCA + MLKA; "theta": theta1 * MLKA + theta2 * LCA, learned per layer
     alpha: float = 2.0
     theta_init: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (theta1 for MLKA, theta2 for LCA)
@@ -64,7 +68,15 @@ class TrainConfig:
     lr: float = 1e-4
     optimizer: str = "adam"  # "adam" or "adamw"
     weight_decay: float = 0.0
-    lr_step_epoch: int = 0  # multiply the learning rate by 0.1 after this epoch (0: never)
+    lr_step_epoch: int = 0  # schedule "step": multiply the learning rate by 0.1 after this epoch (0: never)
+    schedule: str = "step"  # "step" (constant, or the lr_step_epoch drop) or "cosine" (decay to lr x min_lr_ratio at the last step)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps (either schedule)
+    min_lr_ratio: float = 0.1  # schedule "cosine": the final learning rate as a share of lr
+    loss: str = "auto"  # "mse", "mse_cos" (RLR's), "cosine"; auto: the model's own
+    hard_fraction: float = 1.0  # share of tokens, the worst reconstructed, whose cosine distance keeps its full gradient (1: all)
+    hard_factor: float = 0.1  # gradient factor of the other, well reconstructed tokens
+    hard_ramp_steps: int = 1000  # the share falls linearly from 1 to hard_fraction over this many steps
+    release_stepping: bool = False  # the release's stepping: one backward and Adam step per level on a shared optimizer
     grad_clip: float = 0.0  # clip the gradient norm to this (0: no clipping)
     jitter_scale: float = 4.0
     seed: int = 0
@@ -82,6 +94,7 @@ class EvalConfig:
     map_score: str = "auto"  # "mse_cos" (RLR), "l2" (UniAD); auto: the model's own
     image_score: str = "auto"  # "gaussian_max" (RLR), "mean_pool_max" (UniAD); auto: the model's own
     image_score_sigma: float = 4.0  # Gaussian sigma before the max that gives the image score
+    image_score_top_percent: float = 0.0  # gaussian_max: mean of the top q % of the smoothed map (0: its maximum)
     image_score_pool: int = 16  # average-pooling size before the max (mean_pool_max)
     pixel_map_sigma: float = 0.0  # smoothing of the maps used for pixel metrics (paper: none)
 
@@ -190,6 +203,9 @@ def validate(config: RunConfig) -> None:
         "data.format": (config.data.format, ("mvtec", "visa", "folder")),
         "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
         "train.precision": (config.train.precision, ("fp32", "bf16")),
+        "train.schedule": (config.train.schedule, ("step", "cosine")),
+        "train.loss": (config.train.loss, ("auto", *LOSSES)),
+        "model.init": (config.model.init, INITS),
         "eval.map_score": (config.eval.map_score, ("auto", *MAP_SCORES)),
         "eval.image_score": (config.eval.image_score, ("auto", *IMAGE_SCORES)),
     }
@@ -205,5 +221,36 @@ def validate(config: RunConfig) -> None:
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1")
-    if not isinstance(config.train.compile, bool):
-        raise ConfigError(f"train.compile must be true or false, got {config.train.compile!r}")
+    for key in ("compile", "release_stepping"):
+        if not isinstance(getattr(config.train, key), bool):
+            raise ConfigError(f"train.{key} must be true or false, got {getattr(config.train, key)!r}")
+    _validate_recipe(config)
+
+
+def _in_range(key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    """A one-line error unless low <= value <= high (or < where the bound is open)."""
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{key} must lie in {interval}, got {value!r}")
+
+
+def _validate_recipe(config: RunConfig) -> None:
+    """The options beyond the paper's recipe: ranges, and refusals where they would do nothing."""
+    t, m = config.train, config.model
+    _in_range("train.hard_fraction", t.hard_fraction, 0.0, 1.0, low_open=True)
+    _in_range("train.hard_factor", t.hard_factor, 0.0, 1.0)
+    _in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
+    _in_range("model.input_dropout", m.input_dropout, 0.0, 1.0, high_open=True)
+    _in_range("eval.image_score_top_percent", config.eval.image_score_top_percent, 0.0, 100.0)
+    for key in ("warmup_steps", "hard_ramp_steps"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be 0 or more, got {getattr(t, key)!r}")
+    own_loss = "mse_cos" if m.name == "rlr" else "mse"
+    if t.hard_fraction < 1.0 and (own_loss if t.loss == "auto" else t.loss) == "mse":
+        raise ConfigError("train.hard_fraction mines the cosine term: choose train.loss mse_cos or cosine")
+    if m.name != "rlr" and (m.input_dropout > 0 or m.init != "torch"):
+        raise ConfigError(f"model.input_dropout and model.init are RLR options; model.name={m.name} has neither")
+    if t.release_stepping and m.num_references > 1:
+        raise ConfigError("train.release_stepping reproduces the release, which has one reference: set model.num_references=1")

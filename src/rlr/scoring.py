@@ -2,30 +2,37 @@
 
 RLR: per token, mean over channels of (F - F_hat)^2 plus (1 - cos(F, F_hat)); each level's map
 is upsampled bilinearly (align_corners=True) to the image size and the levels are averaged; the
-image score is the maximum of the map after a Gaussian filter (sigma 4 in the paper).
+image score is the maximum of the map after a Gaussian filter (sigma 4 in the paper), or the mean of
+its top q % (Dinomaly's choice, `eval.image_score_top_percent`).
 UniAD: per token, the L2 norm of F - F_hat; the image score is the maximum of the map after a
 k x k average pooling (k = 16 at 224 px in UniAD's release). A `ScoringRule` holds either recipe.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-MAP_SCORES = ("mse_cos", "l2")
+MAP_SCORES = ("mse_cos", "l2", "cosine")
 IMAGE_SCORES = ("gaussian_max", "mean_pool_max")
 
 
 def level_score(features: torch.Tensor, reconstruction: torch.Tensor, kind: str = "mse_cos") -> torch.Tensor:
-    """(B, C, h, w) x2 -> (B, h, w): 'mse_cos' (RLR) or 'l2', the Euclidean distance (UniAD)."""
+    """(B, C, h, w) x2 -> (B, h, w): 'mse_cos' (RLR), 'l2', the Euclidean distance (UniAD), or 'cosine'.
+
+    'cosine' is the cosine distance alone (Dinomaly's map): blind to a feature's length, so channels
+    with large activations do not dominate the map.
+    """
     if kind == "l2":
         return (features - reconstruction).pow(2).sum(dim=1).sqrt()
-    squared = (features - reconstruction).pow(2).mean(dim=1)
-    cosine = F.cosine_similarity(features, reconstruction, dim=1)
-    return squared + (1.0 - cosine)
+    distance = 1.0 - F.cosine_similarity(features, reconstruction, dim=1)
+    if kind == "cosine":
+        return distance
+    return (features - reconstruction).pow(2).mean(dim=1) + distance
 
 
 def anomaly_map(
@@ -75,9 +82,17 @@ def _pad_symmetric(x: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([top, x, bottom], dim=-2)
 
 
-def image_scores(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, H, W) -> (B,): the maximum of each map after Gaussian smoothing."""
-    return gaussian_blur(maps, sigma).flatten(1).amax(dim=1)
+def image_scores(maps: torch.Tensor, sigma: float, top_percent: float = 0.0) -> torch.Tensor:
+    """(B, H, W) -> (B,): the maximum of each map after Gaussian smoothing, or the mean of its top q %.
+
+    The top-q mean (Dinomaly scores the top 1 %) is steadier than one pixel on noisy maps and on
+    large defects; it takes at least one pixel, so q -> 0 is the maximum itself.
+    """
+    smoothed = gaussian_blur(maps, sigma).flatten(1)
+    if top_percent <= 0:
+        return smoothed.amax(dim=1)
+    count = max(1, math.ceil(smoothed.shape[1] * top_percent / 100.0))
+    return smoothed.topk(count, dim=1).values.mean(dim=1)
 
 
 def mean_pool_scores(maps: torch.Tensor, pool: int) -> torch.Tensor:
@@ -94,6 +109,7 @@ class ScoringRule:
     map_score: str = "mse_cos"  # one of MAP_SCORES
     image_score: str = "gaussian_max"  # one of IMAGE_SCORES
     image_score_sigma: float = 4.0
+    image_score_top_percent: float = 0.0
     image_score_pool: int = 16
     pixel_map_sigma: float = 0.0
 
@@ -106,16 +122,25 @@ class ScoringRule:
     def image_scores(self, raw: torch.Tensor) -> torch.Tensor:
         if self.image_score == "mean_pool_max":
             return mean_pool_scores(raw, self.image_score_pool)
-        return image_scores(raw, self.image_score_sigma)
+        return image_scores(raw, self.image_score_sigma, self.image_score_top_percent)
 
     def pixel_maps(self, raw: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(raw, self.pixel_map_sigma)
 
     def describe(self) -> dict[str, object]:
         """The rule in words, for the protocol written beside every table."""
-        token = "L2 norm of F - F_hat" if self.map_score == "l2" else "mean squared error + (1 - cosine)"
+        token = {
+            "l2": "L2 norm of F - F_hat",
+            "cosine": "cosine distance (1 - cosine)",
+            "mse_cos": "mean squared error + (1 - cosine)",
+        }[self.map_score]
         if self.image_score == "mean_pool_max":
             image = f"max of the map after a {self.image_score_pool}x{self.image_score_pool} average pooling"
+        elif self.image_score_top_percent > 0:
+            image = (
+                f"mean of the top {self.image_score_top_percent:g} % of the map after a Gaussian filter, "
+                f"sigma {self.image_score_sigma}"
+            )
         else:
             image = f"max of the map after a Gaussian filter, sigma {self.image_score_sigma}"
         return {

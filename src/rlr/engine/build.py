@@ -101,6 +101,7 @@ def scoring_rule(config: RunConfig) -> ScoringRule:
         map_score=own_map if e.map_score == "auto" else e.map_score,
         image_score=own_image if e.image_score == "auto" else e.image_score,
         image_score_sigma=e.image_score_sigma,
+        image_score_top_percent=e.image_score_top_percent,
         image_score_pool=e.image_score_pool,
         pixel_map_sigma=e.pixel_map_sigma,
     )
@@ -136,6 +137,8 @@ def build_model(
             theta_init=tuple(m.theta_init),
             dropout=m.dropout,
             diversity_weight=m.diversity_weight,
+            input_dropout=m.input_dropout,
+            init=m.init,
         )
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None

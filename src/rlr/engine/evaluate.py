@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlr.config import RunConfig, from_dict
+from rlr.config import EvalConfig, RunConfig, from_dict
 from rlr.data.transforms import image_size as stored_image_size
 from rlr.data.transforms import load_mask
 from rlr.data.types import ImageRecord
@@ -88,10 +88,18 @@ def load_masks(records: Sequence[ImageRecord], image_size: int) -> np.ndarray:
 
 
 def test_results(
-    run_dir: Path, device_name: str | None = None, classes: Sequence[str] | None = None
+    run_dir: Path,
+    device_name: str | None = None,
+    classes: Sequence[str] | None = None,
+    eval_config: EvalConfig | None = None,
 ) -> tuple[RunConfig, dict[str, ClassResult]]:
-    """Score every test image of the run's classes (or of `classes`) with its last checkpoint; writes nothing."""
+    """Score every test image of the run's classes (or of `classes`) with its last checkpoint; writes nothing.
+
+    `eval_config` replaces the run's eval section, to score the same weights another way.
+    """
     config, model, _ = load_run(Path(run_dir))
+    if eval_config is not None:
+        config = replace(config, eval=eval_config)
     device = resolve_device(device_name or config.train.device)
     model.to(device)
     split = build_split(config)
@@ -118,17 +126,27 @@ def test_results(
     return config, results
 
 
-def evaluate(run_dir: Path, device_name: str | None = None) -> dict[str, ClassResult]:
-    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv, report.html, failures.md."""
+def evaluate(
+    run_dir: Path,
+    device_name: str | None = None,
+    eval_config: EvalConfig | None = None,
+    out_dir: Path | None = None,
+) -> dict[str, ClassResult]:
+    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv, report.html, failures.md.
+
+    They go into the run, or into `out_dir`; `eval_config` scores the run with other eval settings
+    (give it an `out_dir`, so the run's own results stay those of its own settings).
+    """
     run_dir = Path(run_dir)
-    config, results = test_results(run_dir, device_name)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    config, results = test_results(run_dir, device_name, eval_config=eval_config)
     per_class = {name: r.metrics for name, r in results.items()}
     mean = mean_over_classes(per_class)
     settings = protocol(config)
-    write_metric_tables(run_dir, per_class, mean, settings)
-    write_scores(run_dir / "scores.csv", {name: (r.records, r.scores) for name, r in results.items()})
-    write_html_report(run_dir, results, mean, settings, config.data.image_size)
-    write_failures(run_dir, results)
+    write_metric_tables(out_dir, per_class, mean, settings)
+    write_scores(out_dir / "scores.csv", {name: (r.records, r.scores) for name, r in results.items()})
+    write_html_report(out_dir, results, mean, settings, config.data.image_size)
+    write_failures(out_dir, results)
     return results
 
 

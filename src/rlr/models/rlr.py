@@ -18,6 +18,7 @@ from torch import nn
 from rlr.models.attention import MaskedAttention, WindowAttention, window_mask, window_neighbours
 
 DEFAULT_WINDOWS = {16: 5, 32: 7, 64: 11}  # map side -> LCA/MLKA window w (the paper's choice)
+INITS = ("torch", "release")
 
 
 def sincos_position_encoding(height: int, width: int, dim: int) -> torch.Tensor:
@@ -111,6 +112,7 @@ class LevelReconstructor(nn.Module):
         fusion: str = "alpha",
         theta_init: tuple[float, float] = (1.0, 1.0),
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         height, width = map_size
@@ -120,6 +122,7 @@ class LevelReconstructor(nn.Module):
         self.window = resolve_window(self.map_size, window)
         self.reference = nn.Parameter(torch.randn(num_references * tokens, channels))
         self.input_embed = nn.Linear(channels, dim)
+        self.input_dropout = nn.Dropout(input_dropout)  # the noisy bottleneck: active in training only
         self.reference_embed = nn.Linear(channels, dim)
         self.layers = nn.ModuleList(
             RLRLayer(dim, num_heads, ffn_ratio, alpha, fusion, theta_init, dropout) for _ in range(num_layers)
@@ -156,12 +159,33 @@ class LevelReconstructor(nn.Module):
         if (height, width) != self.map_size:
             raise ValueError(f"expected a {self.map_size} feature map, got {(height, width)}")
         tokens = features.flatten(2).transpose(1, 2)
-        hidden = self.input_embed(tokens) + self.position
+        hidden = self.input_dropout(self.input_embed(tokens)) + self.position
         references = self.embedded_references()
         for layer in self.layers:
             hidden = layer(hidden, references, self.window_index, self.window_valid, self.far_mask)
         out = self.project(self.final_norm(hidden))
         return out.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def release_init(level: "LevelReconstructor") -> None:
+    """The authors' release initialisation, which nn.Linear's defaults do not reproduce.
+
+    Its input and reference projections are 1x1 convolutions with Kaiming-normal weights (fan-in,
+    gain sqrt 2: the embedded reference starts ~2.4x larger relative to the position code), and
+    its attentions are nn.MultiheadAttention, whose packed (3d, d) query/key/value matrix gets
+    Xavier-uniform weights and zero biases, with a zero output bias. Biases of the projections and
+    every other layer keep their defaults, as in the release.
+    """
+    nn.init.kaiming_normal_(level.input_embed.weight)
+    nn.init.kaiming_normal_(level.reference_embed.weight)
+    for layer in level.layers:
+        for attention in (layer.lca, layer.mlka):
+            dim = attention.q_proj.in_features
+            bound = math.sqrt(6.0 / (dim + 3 * dim))  # Xavier-uniform of the packed (3d, d) matrix
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                nn.init.uniform_(projection.weight, -bound, bound)
+                nn.init.zeros_(projection.bias)
+            nn.init.zeros_(attention.out_proj.bias)
 
 
 class RLR(nn.Module):
@@ -182,6 +206,8 @@ class RLR(nn.Module):
         theta_init: tuple[float, float] = (1.0, 1.0),
         dropout: float = 0.0,
         diversity_weight: float = 1.0,
+        input_dropout: float = 0.0,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         self.diversity_weight = diversity_weight
@@ -195,13 +221,34 @@ class RLR(nn.Module):
             raise ValueError(f"got {levels} feature levels but {len(windows)} attention windows")
         self.levels = nn.ModuleList(
             LevelReconstructor(
-                c, tuple(s), d, num_layers, num_heads, ffn_ratio, w, alpha, num_references, fusion, theta_init, dropout
+                c,
+                tuple(s),
+                d,
+                num_layers,
+                num_heads,
+                ffn_ratio,
+                w,
+                alpha,
+                num_references,
+                fusion,
+                theta_init,
+                dropout,
+                input_dropout,
             )
             for c, s, d, w in zip(channels, map_sizes, dims, windows)
         )
+        if init not in INITS:
+            raise ValueError(f"unknown init '{init}' (known: {', '.join(INITS)})")
+        if init == "release":
+            for level in self.levels:
+                release_init(level)
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [level(f) for level, f in zip(self.levels, features)]
+
+    def level_auxiliary_losses(self) -> list[torch.Tensor]:
+        """Each level's weighted diversity term (zero with one reference), for per-level stepping."""
+        return [self.diversity_weight * level.reference_similarity() for level in self.levels]
 
     def auxiliary_loss(self) -> torch.Tensor:
         """The weighted diversity term summed over levels; zero with one reference."""
@@ -225,12 +272,3 @@ def feature_jitter(features: torch.Tensor, scale: float, generator: torch.Genera
     token_norm = features.norm(dim=1, keepdim=True)
     noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
     return features + noise * (token_norm / channels) * scale
-
-
-def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, cosine_term: bool = True) -> torch.Tensor:
-    """MSE + mean over tokens of (1 - cosine similarity along channels), for one level (UniAD: MSE only)."""
-    mse = F.mse_loss(reconstruction, target)
-    if not cosine_term:
-        return mse
-    cosine = F.cosine_similarity(reconstruction, target, dim=1)
-    return mse + (1.0 - cosine).mean()
