@@ -41,7 +41,7 @@ from rlr.config import RunConfig, load_config
 from rlr.data.demo import generate_demo
 from rlr.engine.build import build_model
 from rlr.engine.train import autocast, build_optimizer, resume_state, train, training_loss
-from rlr.models.rlr import feature_jitter
+from rlr.models.jitter import feature_jitter
 from rlr.presets import cpu_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@
 A step is the trainer's: feature jitter, forward, `training_loss` (reconstruction + diversity),
 backward, Adam step. Its inputs are synthetic feature maps of the backbone's shapes at 256 px
 (no backbone runs: it is frozen and outside the step), the same tensors for both variants, which
-also start from the same weights (`rlr.models.reference.plain_reference` copies the model); the
+also start from the same weights (`tests/reference.py`'s `plain_reference` copies the model); the
 jitter noise is drawn afresh each step, as in training.
 Configs: `cpu` is `rlr.presets.cpu_config()` (Lite0: 40 ch @ 32x32, 112 @ 16x16; widths 64/128,
 2 layers, 4 heads, batch 8); `paper` is `configs/rlr_mvtec.yaml` (b6: 72 @ 32x32, 200 @ 16x16;
@@ -51,11 +51,12 @@ from rlr.atomic import write_text
 from rlr.config import RunConfig, load_config
 from rlr.engine.build import build_model
 from rlr.engine.train import build_optimizer, training_loss
-from rlr.models.reference import plain_reference
-from rlr.models.rlr import feature_jitter
+from rlr.models.jitter import feature_jitter
 from rlr.presets import cpu_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the plain model is the tests' oracle, not part of the package
+from tests.reference import plain_reference  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
 # Channels of out_indices (2, 3), strides 8 and 16; the backbone itself never runs here.
 BACKBONE_CHANNELS = {"tf_efficientnet_lite0": (40, 112), "tf_efficientnet_b6.aa_in1k": (72, 200)}

@@ -1,6 +1,6 @@
 """The efficient attentions give the plain masked full attention's results, with no per-step masks.
 
-The reference (`rlr.models.reference`) writes LCA and MLKA out as q k^T, -inf outside the mask,
+The reference (`tests/reference.py`) writes LCA and MLKA out as q k^T, -inf outside the mask,
 softmax, times v over all (HW, HW) pairs; the efficient model must match it in float32 to 1e-5 on
 the paper's map sizes and windows, for one and two references and both fusions, forward, with
 gradients close. 16x16 and 32x32 run every combination; 64x64, where the reference's (HW, HW)
@@ -10,12 +10,12 @@ scores cost seconds, runs each K once with one narrow head and batch 1, so the s
 import pytest
 import torch
 
-import rlr.models.attention as attention_module
-import rlr.models.rlr as rlr_module
-from rlr.models.attention import window_mask, window_neighbours
-from rlr.models.reference import plain_layer, plain_reference
-from rlr.models.rlr import RLR, LevelReconstructor, RLRLayer
+import rlr.models.layers.attention as attention_module
+import rlr.models.rlr.network as rlr_module
+from rlr.models.layers.attention import window_mask, window_neighbours
 from rlr.models.losses import reconstruction_loss
+from rlr.models.rlr import RLR, LevelReconstructor, RLRLayer
+from tests.reference import plain_layer, plain_reference
 
 TOLERANCE = 1e-5  # forward, max abs difference
 GRAD_TOLERANCE = 1e-4  # gradients sum over every token, so float32 rounding adds up further

@@ -23,7 +23,7 @@ from rlr.scoring import ScoringRule, level_score, mean_pool_scores
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 UNIAD_TINY = (
     "data.image_size=128",
-    "model.windows=[3]",
+    "model.neighbourhood=3",
     "model.hidden_dims=[32]",
     "model.num_layers=1",
     "model.num_heads=2",
@@ -64,7 +64,7 @@ def test_uniad_needs_merged_features():
     with pytest.raises(ConfigError, match="backbone.merge=true"):
         load_config(None, ["model.name=uniad", "model.hidden_dims=[64, 64]"])
     with pytest.raises(ConfigError, match="merged backbone map needs 1"):
-        load_config(None, ["model.name=uniad", "backbone.merge=true"])
+        load_config(None, ["model.name=uniad", "backbone.merge=true", "model.hidden_dims=[64, 64]"])
 
 
 def test_merged_features_are_levels_resized_to_the_coarsest_and_concatenated():

@@ -165,7 +165,7 @@ def test_release_init_scales_the_embeddings_and_zeroes_attention_biases():
         assert torch.count_nonzero(attention.out_proj.bias) == 0
     default_layer = default.levels[1].layers[0]
     assert torch.count_nonzero(default_layer.lca.q_proj.bias) > 0
-    assert torch.equal(default_layer.ffn[0].weight, layer.ffn[0].weight)  # only embeddings and attentions change
+    assert torch.equal(default_layer.ffn.fc1.weight, layer.ffn.fc1.weight)  # only embeddings and attentions change
     assert torch.equal(default.levels[0].reference, release.levels[0].reference)  # R itself is untouched
 
 
@@ -174,8 +174,10 @@ def test_release_init_scales_the_embeddings_and_zeroes_attention_biases():
 
 def _one_step(config, model, features):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    losses = level_losses(config, model, model(features), features)
-    optimizer_step(config, model, optimizer, losses)
+    def losses():
+        return level_losses(config, model, model(features), features)
+
+    optimizer_step(config, model, optimizer, losses(), losses)
     return optimizer
 
 
@@ -237,3 +239,16 @@ def test_recipe_options_refused_where_they_would_do_nothing():
         preset_config("uniad_cpu", ("model.input_dropout=0.2",))
     with pytest.raises(ConfigError, match="one reference"):
         load_config(None, ("train.release_stepping=true", "model.num_references=2"))
+
+
+def test_release_stepping_trains_several_epochs(tiny_demo, feature_cache_dir, tmp_path):
+    """Every level after the first runs its forward on the weights the previous step left (as the release
+    does): reusing the first forward fails in autograd from the second batch on, once Adam has momentum."""
+    from .conftest import tiny_config
+
+    from rlr.engine.train import train
+
+    config = tiny_config(tiny_demo, feature_cache_dir, "train.release_stepping=true", "train.batch_size=4")
+    run_dir = train(config, tmp_path / "run")
+    history = torch.load(run_dir / "last.pt", weights_only=True)["history"]
+    assert [record["epoch"] for record in history] == [1, 2] and all(math.isfinite(r["loss"]) for r in history)

@@ -46,9 +46,9 @@ def test_defaults_mirror_uniad():
     model = UniAD(272, (14, 14), 256)
     assert len(model.encoder) == len(model.decoder) == 4
     assert model.encoder[0].self_attention.attention.num_heads == 8
-    assert model.encoder[0].feed_forward.ffn[0].out_features == 1024
-    assert isinstance(model.encoder[0].feed_forward.ffn[1], torch.nn.ReLU)
-    assert model.encoder[0].feed_forward.dropout.p == 0.1
+    assert model.encoder[0].feed_forward.ffn.fc1.out_features == 1024
+    assert isinstance(model.encoder[0].feed_forward.ffn.act, torch.nn.ReLU)
+    assert model.encoder[0].feed_forward.ffn.drop1.p == model.encoder[0].feed_forward.ffn.drop2.p == 0.1
     assert model.decoder[0].query.shape == (196, 256)
     hidden = ~model.allowed[_index(7, 7, side=14)].view(14, 14)
     assert hidden.sum() == 49 and hidden[4:11, 4:11].all()

@@ -140,7 +140,7 @@ def _settings(config: RunConfig, ignored: Sequence[str] = ()) -> dict[str, Any]:
     for section in ignored:
         del values[section]
     for section, key in (dotted.split(".") for dotted in LATER_SETTINGS):
-        if section in values and values[section][key] == defaults[section][key]:
+        if key in values.get(section, {}) and values[section][key] == defaults[section].get(key):
             del values[section][key]
     return values
 

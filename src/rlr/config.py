@@ -11,9 +11,11 @@ import yaml
 
 from rlr.atomic import write_text
 from rlr.errors import ConfigError
+from rlr.models import DEFAULT_MODEL, list_models, model_spec
+from rlr.models.base import ModelConfig
 from rlr.models.losses import LOSSES
-from rlr.models.rlr import INITS
 from rlr.scoring import IMAGE_SCORES, MAP_SCORES
+from rlr.validation import check_choice, check_range
 
 
 @dataclass
@@ -36,29 +38,7 @@ class BackboneConfig:
     weights_file: str | None = None
     allow_download: bool = False
     smoothing: int = 3  # 3x3 average pooling of every map, stride 1
-    merge: bool = False  # resize every level to the coarsest one and concatenate (UniAD)
-
-
-MODELS = ("rlr", "uniad")
-FUSIONS = ("alpha", "theta")
-
-
-@dataclass
-class ModelConfig:
-    name: str = "rlr"  # "rlr" or "uniad"
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 512])  # one per feature level
-    num_layers: int = 4  # UniAD: encoder layers, and as many decoder layers
-    num_heads: int = 8
-    ffn_ratio: int = 4
-    windows: list[int] | None = None  # RLR: LCA/MLKA window per level (None: the paper's); UniAD: hidden neighbourhood
-    dropout: float = 0.0
-    input_dropout: float = 0.0  # dropout on the embedded input tokens while training (Dinomaly's noisy bottleneck: 0.2)
-    init: str = "torch"  # "torch": nn.Linear defaults; "release": the authors' (Kaiming-normal embeddings, Xavier attention, zero biases)
-    fusion: str = "alpha"  # "alpha": alpha * LCA + MLKA; "theta": theta1 * MLKA + theta2 * LCA, learned per layer
-    alpha: float = 2.0
-    theta_init: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (theta1 for MLKA, theta2 for LCA)
-    num_references: int = 1
-    diversity_weight: float = 1.0  # weight of the mean pairwise cosine between references (K > 1)
+    merge: bool = False  # resize every level to the coarsest one and concatenate: one map
 
 
 @dataclass
@@ -72,11 +52,11 @@ class TrainConfig:
     schedule: str = "step"  # "step" (constant, or the lr_step_epoch drop) or "cosine" (decay to lr x min_lr_ratio at the last step)
     warmup_steps: int = 0  # linear warm-up from 0 over this many optimizer steps (either schedule)
     min_lr_ratio: float = 0.1  # schedule "cosine": the final learning rate as a share of lr
-    loss: str = "auto"  # "mse", "mse_cos" (RLR's), "cosine"; auto: the model's own
+    loss: str = "auto"  # "mse", "mse_cos" (MSE + cosine distance), "cosine"; auto: the model's own
     hard_fraction: float = 1.0  # share of tokens, the worst reconstructed, whose cosine distance keeps its full gradient (1: all)
     hard_factor: float = 0.1  # gradient factor of the other, well reconstructed tokens
     hard_ramp_steps: int = 1000  # the share falls linearly from 1 to hard_fraction over this many steps
-    release_stepping: bool = False  # the release's stepping: one backward and Adam step per level on a shared optimizer
+    release_stepping: bool = False  # one backward and Adam step per level on a shared optimizer (the authors' release)
     grad_clip: float = 0.0  # clip the gradient norm to this (0: no clipping)
     jitter_scale: float = 4.0
     seed: int = 0
@@ -91,8 +71,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 16
-    map_score: str = "auto"  # "mse_cos" (RLR), "l2" (UniAD); auto: the model's own
-    image_score: str = "auto"  # "gaussian_max" (RLR), "mean_pool_max" (UniAD); auto: the model's own
+    map_score: str = "auto"  # "mse_cos", "l2", "cosine"; auto: the model's own
+    image_score: str = "auto"  # "gaussian_max", "mean_pool_max"; auto: the model's own
     image_score_sigma: float = 4.0  # Gaussian sigma before the max that gives the image score
     image_score_top_percent: float = 0.0  # gaussian_max: mean of the top q % of the smoothed map (0: its maximum)
     image_score_pool: int = 16  # average-pooling size before the max (mean_pool_max)
@@ -105,7 +85,7 @@ class RunConfig:
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: model_spec(DEFAULT_MODEL).config())  # its class: by model.name
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -118,18 +98,42 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _keys(cls)
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, f"{where}.{key}" if where else key)
+        inner = f"{where}.{key}" if where else key
+        if hint is ModelConfig:
+            kwargs[key] = _build_model_section(value or {}, inner)
+        elif dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, inner)
         else:
             kwargs[key] = value
     return cls(**kwargs)
+
+
+def _build_model_section(values: dict[str, Any], where: str) -> ModelConfig:
+    """The section class of the model `name` picks, from the registry; another model's key is named as such."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    spec = model_spec(values.get("name", DEFAULT_MODEL))
+    values = spec.config.upgrade(values)
+    own = _keys(spec.config)
+    for key in sorted(set(values) - own):
+        owners = [model_spec(name) for name in list_models() if key in _keys(model_spec(name).config)]
+        if owners:
+            raise ConfigError(
+                f"{where}.{key} is not a key of {where}.name={spec.name}: keys like it are "
+                f"{' and '.join(o.title for o in owners)} options; {spec.name}'s keys: {', '.join(sorted(own))}"
+            )
+    return _build(spec.config, values, where)
+
+
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
@@ -167,6 +171,7 @@ def apply_override(values: dict[str, Any], item: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{key}' is not a section")
+    node.pop(keys[-1], None)  # re-inserted: a section's keys stay in the order they were last set
     try:
         node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -190,34 +195,19 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 
 
 def validate(config: RunConfig) -> None:
-    """Catch inconsistent settings before any work starts."""
-    levels = 1 if config.backbone.merge else len(config.backbone.out_indices)
-    what = "merged backbone map" if config.backbone.merge else f"{levels} levels of backbone.out_indices"
-    if len(config.model.hidden_dims) != levels:
-        raise ConfigError(f"model.hidden_dims has {len(config.model.hidden_dims)} entries but the {what} needs {levels}")
-    if config.model.windows is not None and len(config.model.windows) != levels:
-        raise ConfigError(f"model.windows has {len(config.model.windows)} entries, expected {levels}")
+    """Catch inconsistent settings before any work starts; the model checks its own section."""
     choices = {
-        "model.name": (config.model.name, MODELS),
-        "model.fusion": (config.model.fusion, FUSIONS),
         "data.format": (config.data.format, ("mvtec", "visa", "folder")),
         "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
         "train.precision": (config.train.precision, ("fp32", "bf16")),
         "train.schedule": (config.train.schedule, ("step", "cosine")),
         "train.loss": (config.train.loss, ("auto", *LOSSES)),
-        "model.init": (config.model.init, INITS),
         "eval.map_score": (config.eval.map_score, ("auto", *MAP_SCORES)),
         "eval.image_score": (config.eval.image_score, ("auto", *IMAGE_SCORES)),
     }
     for key, (value, known) in choices.items():
-        if value not in known:
-            raise ConfigError(f"unknown {key} '{value}' (known: {', '.join(known)})")
-    if config.model.name == "uniad" and not config.backbone.merge:
-        raise ConfigError("model.name=uniad reconstructs one merged map: set backbone.merge=true")
-    if len(config.model.theta_init) != 2:
-        raise ConfigError("model.theta_init needs two values: (theta1 for MLKA, theta2 for LCA)")
-    if config.model.num_references < 1:
-        raise ConfigError("model.num_references must be at least 1")
+        check_choice(key, value, known)
+    model_spec(config.model.name).validate(config)
     for key in ("epochs", "batch_size"):
         if getattr(config.train, key) < 1:
             raise ConfigError(f"train.{key} must be at least 1")
@@ -227,30 +217,20 @@ def validate(config: RunConfig) -> None:
     _validate_recipe(config)
 
 
-def _in_range(key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    """A one-line error unless low <= value <= high (or < where the bound is open)."""
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"{key} must lie in {interval}, got {value!r}")
+def training_objective(config: RunConfig) -> str:
+    """train.loss, with 'auto' resolved to the model's own objective."""
+    return model_spec(config.model.name).loss if config.train.loss == "auto" else config.train.loss
 
 
 def _validate_recipe(config: RunConfig) -> None:
-    """The options beyond the paper's recipe: ranges, and refusals where they would do nothing."""
-    t, m = config.train, config.model
-    _in_range("train.hard_fraction", t.hard_fraction, 0.0, 1.0, low_open=True)
-    _in_range("train.hard_factor", t.hard_factor, 0.0, 1.0)
-    _in_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
-    _in_range("model.input_dropout", m.input_dropout, 0.0, 1.0, high_open=True)
-    _in_range("eval.image_score_top_percent", config.eval.image_score_top_percent, 0.0, 100.0)
+    """The training and scoring options beyond the paper's recipe: ranges, and refusals where they would do nothing."""
+    t = config.train
+    check_range("train.hard_fraction", t.hard_fraction, 0.0, 1.0, low_open=True)
+    check_range("train.hard_factor", t.hard_factor, 0.0, 1.0)
+    check_range("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0)
+    check_range("eval.image_score_top_percent", config.eval.image_score_top_percent, 0.0, 100.0)
     for key in ("warmup_steps", "hard_ramp_steps"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be 0 or more, got {getattr(t, key)!r}")
-    own_loss = "mse_cos" if m.name == "rlr" else "mse"
-    if t.hard_fraction < 1.0 and (own_loss if t.loss == "auto" else t.loss) == "mse":
+    if t.hard_fraction < 1.0 and training_objective(config) == "mse":
         raise ConfigError("train.hard_fraction mines the cosine term: choose train.loss mse_cos or cosine")
-    if m.name != "rlr" and (m.input_dropout > 0 or m.init != "torch"):
-        raise ConfigError(f"model.input_dropout and model.init are RLR options; model.name={m.name} has neither")
-    if t.release_stepping and m.num_references > 1:
-        raise ConfigError("train.release_stepping reproduces the release, which has one reference: set model.num_references=1")

@@ -16,12 +16,9 @@ from rlr.errors import ConfigError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.cache import FeatureCache, default_cache_dir, extractor_key
 from rlr.features.extract import extract_features
-from rlr.models.rlr import RLR
-from rlr.models.uniad import UniAD
+from rlr.models import create_model, model_spec
+from rlr.models.base import Reconstructor
 from rlr.scoring import ScoringRule
-
-#: model name -> (its map score, its image score), what eval 'auto' means
-MODEL_SCORING = {"rlr": ("mse_cos", "gaussian_max"), "uniad": ("l2", "mean_pool_max")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,11 +92,11 @@ def features_for(
 
 def scoring_rule(config: RunConfig) -> ScoringRule:
     """The eval section's scoring, with 'auto' entries resolved to the model's own recipe."""
-    own_map, own_image = MODEL_SCORING[config.model.name]
+    spec = model_spec(config.model.name)
     e = config.eval
     return ScoringRule(
-        map_score=own_map if e.map_score == "auto" else e.map_score,
-        image_score=own_image if e.image_score == "auto" else e.image_score,
+        map_score=spec.map_score if e.map_score == "auto" else e.map_score,
+        image_score=spec.image_score if e.image_score == "auto" else e.image_score,
         image_score_sigma=e.image_score_sigma,
         image_score_top_percent=e.image_score_top_percent,
         image_score_pool=e.image_score_pool,
@@ -109,36 +106,9 @@ def scoring_rule(config: RunConfig) -> ScoringRule:
 
 def build_model(
     config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]
-) -> RLR | UniAD:
-    m = config.model
+) -> Reconstructor:
+    """The registered model the config's model section names, for these backbone maps."""
     try:
-        if m.name == "uniad":
-            return UniAD(
-                channels[0],
-                map_sizes[0],
-                m.hidden_dims[0],
-                num_layers=m.num_layers,
-                num_heads=m.num_heads,
-                ffn_ratio=m.ffn_ratio,
-                neighbourhood=(m.windows or [7])[0],
-                dropout=m.dropout,
-            )
-        return RLR(
-            channels,
-            map_sizes,
-            m.hidden_dims,
-            num_layers=m.num_layers,
-            num_heads=m.num_heads,
-            ffn_ratio=m.ffn_ratio,
-            windows=m.windows,
-            alpha=m.alpha,
-            num_references=m.num_references,
-            fusion=m.fusion,
-            theta_init=tuple(m.theta_init),
-            dropout=m.dropout,
-            diversity_weight=m.diversity_weight,
-            input_dropout=m.input_dropout,
-            init=m.init,
-        )
+        return create_model(config.model, channels, map_sizes)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from rlr.atomic import torch_save
 from rlr.config import config_differences, from_dict, load_config
 from rlr.errors import CheckpointError
+from rlr.models.base import Reconstructor
 
 CHECKPOINT_FORMAT = 1
 
@@ -52,10 +52,11 @@ def ensure_same_config(checkpoint: Path, saved: object) -> dict[str, Any]:
     return saved
 
 
-def load_model_state(model: nn.Module, state: object, checkpoint: Path) -> None:
-    """Load weights, or say exactly which tensors are missing, extra or of another shape."""
+def load_model_state(model: Reconstructor, state: object, checkpoint: Path) -> None:
+    """Load weights saved under today's or earlier parameter names, or say which tensors do not fit."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{checkpoint}: holds no model weights")
+    state = model.upgrade_state_dict(state)
     own = model.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]

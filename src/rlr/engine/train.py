@@ -19,22 +19,23 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from rlr.atomic import write_text
-from rlr.config import RunConfig, from_dict, save_config
+from rlr.config import RunConfig, from_dict, save_config, training_objective
 from rlr.data.types import ImageRecord
 from rlr.engine.build import build_cache, build_extractor, build_model, build_split, features_for
 from rlr.engine.checkpoint import ensure_same_config, load_checkpoint, load_model_state, save_checkpoint
 from rlr.engine.distributed import Context, is_main_process, session
 from rlr.engine.provenance import write_run_info
 from rlr.errors import CheckpointError, ConfigError, RlrError
+from rlr.models import model_spec
+from rlr.models.base import Reconstructor
 from rlr.models.losses import hard_fraction_at, reconstruction_loss
-from rlr.models.rlr import feature_jitter
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -66,7 +67,7 @@ def resume_state(run_dir: Path, epochs: int | None = None) -> tuple[RunConfig, d
 
 
 def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Adam (RLR) or AdamW (UniAD) over every parameter."""
+    """Adam or AdamW over every parameter."""
     t = config.train
     kind = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return kind(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -90,34 +91,24 @@ def learning_rate(config: RunConfig, step: int, steps_per_epoch: int) -> float:
     return t.lr * warmup * factor
 
 
-def loss_kind(config: RunConfig) -> str:
-    """train.loss, with 'auto' resolved to the model's own objective."""
-    if config.train.loss != "auto":
-        return config.train.loss
-    return "mse_cos" if config.model.name == "rlr" else "mse"
-
-
 def level_losses(
     config: RunConfig,
-    model: torch.nn.Module,
+    model: Reconstructor,
     reconstructions: list[torch.Tensor],
     clean: list[torch.Tensor],
     step: int = 0,
 ) -> list[torch.Tensor]:
-    """Each level's reconstruction loss plus its share of the model's own term (RLR's reference diversity)."""
+    """Each level's reconstruction loss plus the model's own term for that level."""
     t = config.train
-    kind = loss_kind(config)
+    kind = training_objective(config)
     fraction = hard_fraction_at(step, t.hard_fraction, t.hard_ramp_steps)
     losses = [reconstruction_loss(r, f, kind, fraction, t.hard_factor) for r, f in zip(reconstructions, clean)]
-    if hasattr(model, "level_auxiliary_losses"):
-        return [loss + extra for loss, extra in zip(losses, model.level_auxiliary_losses())]
-    losses[0] = losses[0] + model.auxiliary_loss()
-    return losses
+    return [loss + extra for loss, extra in zip(losses, model.level_auxiliary_losses(), strict=True)]
 
 
 def training_loss(
     config: RunConfig,
-    model: torch.nn.Module,
+    model: Reconstructor,
     reconstructions: list[torch.Tensor],
     clean: list[torch.Tensor],
     step: int = 0,
@@ -127,21 +118,37 @@ def training_loss(
 
 
 def optimizer_step(
-    config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, losses: list[torch.Tensor]
+    config: RunConfig,
+    model: Reconstructor,
+    optimizer: torch.optim.Optimizer,
+    losses: list[torch.Tensor],
+    recompute: Callable[[], list[torch.Tensor]],
 ) -> None:
     """One step on the summed loss; or, with `release_stepping`, one backward and Adam step per level.
 
     The release's per-level steps share one Adam and zero (not free) the gradients in between, so
-    each step also moves every other level's parameters by their momentum alone.
+    each step also moves every other level's parameters by their momentum alone. Its levels run
+    their forward pass one after another, each after the previous level's step, so every level
+    after the first is recomputed (`recompute`) on the weights that step left.
     """
     t = config.train
-    groups = [losses] if not t.release_stepping else [[loss] for loss in losses]
-    for group in groups:
-        optimizer.zero_grad(set_to_none=not t.release_stepping)
-        sum(group).backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
+    if not t.release_stepping:
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        _clip_and_step(config, model, optimizer)
+        return
+    for level in range(len(losses)):
+        if level > 0:
+            losses = recompute()
+        optimizer.zero_grad(set_to_none=False)
+        losses[level].backward()
+        _clip_and_step(config, model, optimizer)
+
+
+def _clip_and_step(config: RunConfig, model: Reconstructor, optimizer: torch.optim.Optimizer) -> None:
+    if config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    optimizer.step()
 
 
 def _restore(
@@ -271,6 +278,7 @@ def _train(
 
     torch.manual_seed(t.seed)
     model = build_model(config, channels, map_sizes).to(device)
+    jitter = model_spec(config.model.name).jitter
     optimizer = build_optimizer(config, model)
     generator = torch.Generator().manual_seed(t.seed)
     history: list[dict[str, Any]] = []
@@ -319,18 +327,22 @@ def _train(
                     group["lr"] = learning_rate(config, global_step, steps_per_epoch)
                 # the jitter is drawn for the whole global batch, so every process draws the same numbers
                 clean = [f[batch].to(device, torch.float32) for f in features]
-                noisy = [feature_jitter(f, t.jitter_scale)[mine] for f in clean]
+                noisy = [jitter(f, t.jitter_scale)[mine] for f in clean]
                 clean = [f[mine] for f in clean]
-                with _own_dropout(context, t.seed, epoch, step), autocast(t.precision, device):
-                    reconstructions = net(noisy)
-                losses = level_losses(config, model, [r.float() for r in reconstructions], clean, global_step)
+
+                def step_losses() -> list[torch.Tensor]:
+                    with _own_dropout(context, t.seed, epoch, step), autocast(t.precision, device):
+                        reconstructions = net(noisy)
+                    return level_losses(config, model, [r.float() for r in reconstructions], clean, global_step)
+
+                losses = step_losses()
                 mean_loss = context.mean(sum(losses).detach()).item()  # every process sees it, so all stop together
                 if not math.isfinite(mean_loss):
                     raise RlrError(
                         f"non-finite loss ({mean_loss}) at epoch {epoch}, step {step}: training stopped; "
                         f"{run_dir / CHECKPOINT_NAME} keeps the last good epoch ({epoch - 1})"
                     )
-                optimizer_step(config, model, optimizer, losses)
+                optimizer_step(config, model, optimizer, losses, step_losses)
                 total += mean_loss * len(batch)
                 bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{mean_loss:.4f}")
                 bar.update(1)

@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from rlr.models.attention import MaskedAttention, window_mask
+from rlr.models.layers.attention import MaskedAttention, window_mask
 from rlr.models.rlr import RLR, RLRLayer
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from timm.layers import Mlp
 from torch import nn
 
-from rlr.models.attention import MaskedAttention, window_mask
+from rlr.models.base import Reconstructor
+from rlr.models.layers.attention import MaskedAttention, window_mask
 
 
 class AttendAndNorm(nn.Module):
@@ -43,18 +45,18 @@ class AttendAndNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """LN(x + Dropout(FFN(x))) with a ReLU FFN of width ffn_ratio * d, as UniAD uses."""
+    """LN(x + Dropout(FFN(x))) with a ReLU FFN of width ffn_ratio * d, as UniAD uses.
+
+    timm's Mlp is exactly that FFN with both dropouts: after the ReLU and on its output.
+    """
 
     def __init__(self, dim: int, ffn_ratio: int, dropout: float) -> None:
         super().__init__()
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, ffn_ratio * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_ratio * dim, dim)
-        )
-        self.dropout = nn.Dropout(dropout)
+        self.ffn = Mlp(dim, ffn_ratio * dim, act_layer=nn.ReLU, drop=dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.norm(tokens + self.dropout(self.ffn(tokens)))
+        return self.norm(tokens + self.ffn(tokens))
 
 
 class EncoderLayer(nn.Module):
@@ -94,12 +96,10 @@ class DecoderLayer(nn.Module):
         return self.feed_forward(hidden)
 
 
-class UniAD(nn.Module):
-    """Reconstructs ONE (B, C, h, w) map (the backbone levels merged at stride 16).
+class UniAD(Reconstructor):
+    """Reconstructs ONE (B, C, h, w) map (the backbone levels merged at stride 16), as a list of one."""
 
-    The interface matches `RLR` (a list of maps in, a list out, an auxiliary loss and training
-    diagnostics) so the engine treats both reconstructors alike.
-    """
+    renamed_parameters = ((r"\.ffn\.0\.", ".ffn.fc1."), (r"\.ffn\.3\.", ".ffn.fc2."))  # nn.Sequential FFN -> timm Mlp
 
     def __init__(
         self,
@@ -161,10 +161,6 @@ class UniAD(nn.Module):
         out = self.project(hidden)
         return [out.transpose(1, 2).reshape(batch, channels, height, width)]
 
-    def auxiliary_loss(self) -> torch.Tensor:
+    def level_auxiliary_losses(self) -> list[torch.Tensor]:
         """UniAD trains on the reconstruction loss alone: a zero on the parameters' device and dtype."""
-        return self.project.weight.new_zeros(())
-
-    def diagnostics(self) -> dict[str, float]:
-        """Nothing learned is worth logging beside the loss."""
-        return {}
+        return [self.project.weight.new_zeros(())]

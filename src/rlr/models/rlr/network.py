@@ -13,23 +13,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
-from rlr.models.attention import MaskedAttention, WindowAttention, window_mask, window_neighbours
+from rlr.models.base import Reconstructor
+from rlr.models.layers.attention import MaskedAttention, WindowAttention, window_mask, window_neighbours
+from rlr.models.layers.position import sincos_position_encoding
 
 DEFAULT_WINDOWS = {16: 5, 32: 7, 64: 11}  # map side -> LCA/MLKA window w (the paper's choice)
 INITS = ("torch", "release")
-
-
-def sincos_position_encoding(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine/cosine encoding (HW, dim): the first half of channels encodes x, the second y."""
-    if dim % 4:
-        raise ValueError(f"hidden width {dim} must be divisible by 4 for the 2-D position encoding")
-    quarter = dim // 4
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32) / quarter)
-    xs = torch.arange(width, dtype=torch.float32).repeat(height)[:, None] * freqs
-    ys = torch.arange(height, dtype=torch.float32).repeat_interleave(width)[:, None] * freqs
-    return torch.cat([xs.sin(), xs.cos(), ys.sin(), ys.cos()], dim=1)
 
 
 def resolve_window(map_size: tuple[int, int], window: int | None) -> int:
@@ -72,7 +64,7 @@ class RLRLayer(nn.Module):
         self.lca = WindowAttention(dim, num_heads)
         self.mlka = MaskedAttention(dim, num_heads)
         self.fuse_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_ratio * dim), nn.GELU(), nn.Linear(ffn_ratio * dim, dim))
+        self.ffn = Mlp(dim, ffn_ratio * dim, act_layer=nn.GELU)
         self.dropout = nn.Dropout(dropout)
         self.out_norm = nn.LayerNorm(dim)
 
@@ -188,8 +180,10 @@ def release_init(level: "LevelReconstructor") -> None:
             nn.init.zeros_(attention.out_proj.bias)
 
 
-class RLR(nn.Module):
+class RLR(Reconstructor):
     """One independent reconstructor per feature level; forward maps a list of maps to a list."""
+
+    renamed_parameters = ((r"\.ffn\.0\.", ".ffn.fc1."), (r"\.ffn\.2\.", ".ffn.fc2."))  # nn.Sequential FFN -> timm Mlp
 
     def __init__(
         self,
@@ -247,12 +241,8 @@ class RLR(nn.Module):
         return [level(f) for level, f in zip(self.levels, features)]
 
     def level_auxiliary_losses(self) -> list[torch.Tensor]:
-        """Each level's weighted diversity term (zero with one reference), for per-level stepping."""
+        """Each level's weighted reference-diversity term (zero with one reference)."""
         return [self.diversity_weight * level.reference_similarity() for level in self.levels]
-
-    def auxiliary_loss(self) -> torch.Tensor:
-        """The weighted diversity term summed over levels; zero with one reference."""
-        return self.diversity_weight * sum(level.reference_similarity() for level in self.levels)
 
     def diagnostics(self) -> dict[str, float]:
         """Learned fusion weights per layer ('level0.layer1.theta_mlka', ...), for the training log."""
@@ -265,10 +255,3 @@ class RLR(nn.Module):
                     values[f"level{i}.layer{j}.theta_lca"] = theta_lca
         return values
 
-
-def feature_jitter(features: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """F + J with J = eps * (||F_t|| / C) * scale per token t, eps ~ N(0, I): the training input."""
-    channels = features.shape[1]
-    token_norm = features.norm(dim=1, keepdim=True)
-    noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
-    return features + noise * (token_norm / channels) * scale

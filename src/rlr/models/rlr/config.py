@@ -1,0 +1,71 @@
+"""RLR's config section: its keys, their checks, and the network they build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence, cast
+
+from rlr.errors import ConfigError
+from rlr.models.base import ModelConfig
+from rlr.models.rlr.network import INITS, RLR
+from rlr.validation import check_choice, check_per_level, check_range
+
+if TYPE_CHECKING:
+    from rlr.config import RunConfig
+
+FUSIONS = ("alpha", "theta")
+
+
+@dataclass
+class RLRConfig(ModelConfig):
+    name: str = "rlr"
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 512])  # one per feature level
+    num_layers: int = 4
+    num_heads: int = 8
+    ffn_ratio: int = 4
+    windows: list[int] | None = None  # LCA/MLKA window per level (None: the paper's for the map size)
+    dropout: float = 0.0
+    input_dropout: float = 0.0  # dropout on the embedded input tokens while training (Dinomaly's noisy bottleneck: 0.2)
+    init: str = "torch"  # "torch": nn.Linear defaults; "release": the authors' (Kaiming-normal embeddings, Xavier attention, zero biases)
+    fusion: str = "alpha"  # "alpha": alpha * LCA + MLKA; "theta": theta1 * MLKA + theta2 * LCA, learned per layer
+    alpha: float = 2.0
+    theta_init: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (theta1 for MLKA, theta2 for LCA)
+    num_references: int = 1
+    diversity_weight: float = 1.0  # weight of the mean pairwise cosine between references (K > 1)
+
+
+def validate(config: RunConfig) -> None:
+    """RLR's keys, and the run settings they must agree with (the backbone's levels, the trainer's stepping)."""
+    m, backbone = cast(RLRConfig, config.model), config.backbone
+    check_per_level("model.hidden_dims", m.hidden_dims, backbone.merge, backbone.out_indices)
+    if m.windows is not None:
+        check_per_level("model.windows", m.windows, backbone.merge, backbone.out_indices)
+    check_choice("model.fusion", m.fusion, FUSIONS)
+    check_choice("model.init", m.init, INITS)
+    check_range("model.input_dropout", m.input_dropout, 0.0, 1.0, high_open=True)
+    if len(m.theta_init) != 2:
+        raise ConfigError("model.theta_init needs two values: (theta1 for MLKA, theta2 for LCA)")
+    if m.num_references < 1:
+        raise ConfigError("model.num_references must be at least 1")
+    if config.train.release_stepping and m.num_references > 1:
+        raise ConfigError("train.release_stepping reproduces the release, which has one reference: set model.num_references=1")
+
+
+def build(m: RLRConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> RLR:
+    return RLR(
+        channels,
+        map_sizes,
+        m.hidden_dims,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        ffn_ratio=m.ffn_ratio,
+        windows=m.windows,
+        alpha=m.alpha,
+        num_references=m.num_references,
+        fusion=m.fusion,
+        theta_init=tuple(m.theta_init),
+        dropout=m.dropout,
+        diversity_weight=m.diversity_weight,
+        input_dropout=m.input_dropout,
+        init=m.init,
+    )
