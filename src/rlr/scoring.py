@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from rlr.models.losses import cosine_distance
+
 MAP_SCORES = ("mse_cos", "l2", "cosine")
 IMAGE_SCORES = ("gaussian_max", "mean_pool_max")
 
@@ -29,7 +31,7 @@ def level_score(features: torch.Tensor, reconstruction: torch.Tensor, kind: str 
     """
     if kind == "l2":
         return (features - reconstruction).pow(2).sum(dim=1).sqrt()
-    distance = 1.0 - F.cosine_similarity(features, reconstruction, dim=1)
+    distance = cosine_distance(reconstruction, features)
     if kind == "cosine":
         return distance
     return (features - reconstruction).pow(2).mean(dim=1) + distance
