@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         env = {**os.environ, "RLR_CACHE_DIR": str(scratch / "cache")}
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "rlr", "demo"], cwd=scratch, env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "rlr", "demo"], cwd=scratch, env=env, capture_output=True, text=True
+        )
         seconds = time.perf_counter() - started
         if done.returncode != 0:
             print(done.stdout + done.stderr, file=sys.stderr)
@@ -52,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     training = sum(record["seconds"] for record in history)
     print(done.stdout.strip().splitlines()[-1])
-    print(f"rlr demo from nothing: {seconds:.0f} s wall ({seconds / 60:.1f} min; target {TARGET_SECONDS / 60:.0f} min), "
-          f"of which {training:.0f} s in {len(history)} training epochs; "
-          f"mean I-AUROC {100 * metrics['mean']['I-AUROC']:.1f}, P-AUROC {100 * metrics['mean']['P-AUROC']:.1f}")
+    print(
+        f"rlr demo from nothing: {seconds:.0f} s wall ({seconds / 60:.1f} min; target {TARGET_SECONDS / 60:.0f} min), "
+        f"of which {training:.0f} s in {len(history)} training epochs; "
+        f"mean I-AUROC {100 * metrics['mean']['I-AUROC']:.1f}, P-AUROC {100 * metrics['mean']['P-AUROC']:.1f}"
+    )
     report = {
         "command": "python -m rlr demo (empty RLR_CACHE_DIR, empty working folder)",
         "seconds": {"total": seconds, "training_epochs": training, "everything_else": seconds - training},

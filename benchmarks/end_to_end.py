@@ -5,7 +5,7 @@
 
 The config is the realmini one, `configs/rlr_realmini_cpu.yaml` (what benchmarks/realmini.py trains),
 not the demo preset `rlr.presets.cpu_config`. Each pass calls the two functions the CLI calls,
-`rlr.engine.train.train` (`rlr train`) and `rlr.engine.evaluate.evaluate` (`rlr test`), in this
+`rlr.engine.train.train` (`rlr train`) and `rlr.api.evaluate` (`rlr test`), in this
 process, on a fresh run folder. The first pass starts from an empty feature cache in a temporary
 folder (cold), the second reuses that cache (warm). Feature extraction is timed where it happens,
 inside those calls (around `features_for`), so the totals are the commands' own work and the split
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from machine_info import machine_info
 
+import rlr.api
 import rlr.engine.evaluate
 import rlr.engine.train
 from rlr.atomic import write_text
@@ -117,7 +118,7 @@ def timed_run(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         rlr.engine.train.train(config, run_dir, overwrite=True)
         trained = time.perf_counter()
-        rlr.engine.evaluate.evaluate(run_dir)
+        rlr.api.evaluate(run_dir)
         tested = time.perf_counter()
     history = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -168,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--passes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"],
-                        help="cold: empty feature cache; warm: the cache the cold pass filled (default both)")
+    parser.add_argument(
+        "--passes",
+        nargs="+",
+        choices=("cold", "warm"),
+        default=["cold", "warm"],
+        help="cold: empty feature cache; warm: the cache the cold pass filled (default both)",
+    )
     parser.add_argument("--limit", type=int, help="at most N images per train/test folder (smoke tests)")
     parser.add_argument("--quick", action="store_true", help=f"--limit {QUICK_LIMIT} train.epochs=1")
     parser.add_argument("--keep-run", type=Path, help="copy the first pass's run folder here")
@@ -193,25 +199,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep_run:
             shutil.copytree(scratch / next(iter(passes)), args.keep_run, dirs_exist_ok=True)
 
-    print(f"{args.config.name}, {config.train.epochs} epochs, {config.data.image_size} px, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
-          + (f", at most {args.limit} images per folder" if args.limit else ""))
+    print(
+        f"{args.config.name}, {config.train.epochs} epochs, {config.data.image_size} px, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        + (f", at most {args.limit} images per folder" if args.limit else "")
+    )
     columns = ("features", "training", "testing", "total", "s/epoch", "computed")
     print(f"{'pass':<6}" + "".join(f"{c:>10}" for c in columns))
     for name, r in passes.items():
         s = r["seconds"]
         values = (s["feature_extraction"], s["training"], s["testing"], s["total"], r["seconds_per_epoch"])
         print(f"{name:<6}" + "".join(f"{v:>10.1f}" for v in values) + f"{r['cache_entries_written']:>10}")
-    print("seconds; features = train + test feature extraction (inside rlr train / rlr test); "
-          "computed = images that went through the backbone")
+    print(
+        "seconds; features = train + test feature extraction (inside rlr train / rlr test); "
+        "computed = images that went through the backbone"
+    )
     for name, r in passes.items():
         mean = r["mean"]
         print(f"{name}: mean I-AUROC {100 * mean['I-AUROC']:.1f}, P-AUROC {100 * mean['P-AUROC']:.1f}")
     if config.train.epochs != file_epochs:
         for name, r in passes.items():
-            print(f"{name}: projected total at the config's {file_epochs} epochs: "
-                  f"{projected_total(r, file_epochs) / 60:.1f} min (measured {r['epochs']} epochs; "
-                  f"{r['seconds_per_epoch_after_first']:.1f} s per epoch after the first)")
+            print(
+                f"{name}: projected total at the config's {file_epochs} epochs: "
+                f"{projected_total(r, file_epochs) / 60:.1f} min (measured {r['epochs']} epochs; "
+                f"{r['seconds_per_epoch_after_first']:.1f} s per epoch after the first)"
+            )
 
     report = {
         "command": " ".join(["python", "benchmarks/end_to_end.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -2,8 +2,8 @@
 
     benchmarks/gpu_check.sh [--steps 300] [--warmup 20] [--compile] [--cpu] [--model paper|cpu] [--out PATH]
 
-1. Speed. A training step as the trainer takes it (jitter, forward under the precision's autocast,
-   loss in float32, backward, Adam) on the paper's model (`configs/rlr_mvtec.yaml`: tf_efficientnet_b6
+1. Speed. The trainer's own step (`rlr.engine.step.train_step`: jitter, forward under the precision's
+   autocast, loss in float32, backward, Adam; it reads the loss, so every step ends synchronised) on the paper's model (`configs/rlr_mvtec.yaml`: tf_efficientnet_b6
    levels of 72 channels at 32x32 and 200 at 16x16 for 256 px, widths 256/512, 4 layers, 8 heads,
    batch 4), fed random features of those shapes: the backbone is frozen and its features are cached,
    so it is not part of a step and no weights are needed. Per variant: `--warmup` untimed steps (they
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,8 +41,9 @@ from rlr.atomic import write_text
 from rlr.config import RunConfig, load_config
 from rlr.data.demo import generate_demo
 from rlr.engine.build import build_model
-from rlr.engine.train import autocast, build_optimizer, resume_state, train, training_loss
-from rlr.models.jitter import feature_jitter
+from rlr.engine.runs import resume_state
+from rlr.engine.step import build_optimizer, train_step
+from rlr.engine.train import train
 from rlr.presets import cpu_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,15 +82,10 @@ def speed(
     batch = config.train.batch_size
     features = [torch.randn(batch, c, side, side, device=device) for c, side in shapes]
 
-    def step() -> torch.Tensor:
-        noisy = [feature_jitter(f, config.train.jitter_scale) for f in features]
-        with autocast(precision, device):
-            reconstructions = net(noisy)
-        loss = training_loss(config, model, [r.float() for r in reconstructions], features)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    stepped = replace(config, train=replace(config.train, precision=precision))
+
+    def step() -> float:
+        return train_step(stepped, model, optimizer, features, net=net)
 
     started = time.perf_counter()
     for _ in range(warmup):
@@ -138,17 +135,37 @@ def trainer_check(root: Path, cache: Path, work: Path, device: torch.device, pre
 def ddp_check(root: Path, cache: Path, work: Path, processes: int) -> dict:
     """torchrun with one process per GPU for two epochs; the replicas must agree."""
     run_dir = work / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "rlr", "train", "--run-dir", str(run_dir), "--config", str(ROOT / "configs" / "rlr_cpu.yaml"),
-               f"--data.root={root}", f"--train.cache_dir={cache}", "--train.device=cuda", "--train.epochs=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "rlr",
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--config",
+        str(ROOT / "configs" / "rlr_cpu.yaml"),
+        f"--data.root={root}",
+        f"--train.cache_dir={cache}",
+        "--train.device=cuda",
+        "--train.epochs=2",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"processes": processes, "ok": False, "error": done.stderr[-2000:]}
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
     difference = max(row["replica_max_difference"] for row in log)
-    return {"processes": processes, "seconds": time.perf_counter() - started, "losses": [r["loss"] for r in log],
-            "replica_max_difference": difference, "ok": difference == 0.0}
+    return {
+        "processes": processes,
+        "seconds": time.perf_counter() - started,
+        "losses": [r["loss"] for r in log],
+        "replica_max_difference": difference,
+        "ok": difference == 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     for precision, compiled in variants:
         row = speed(config, shapes, device, precision, compiled, steps, warmup)
         rows.append(row)
-        print(f"{precision:<9} {str(compiled):<7} {row['samples_per_s']:>9.2f} {row['ms_per_step']:>8.1f} "
-              f"{row['peak_memory_mib']:>9.0f} {row['warmup_seconds']:>9.1f}")
+        print(
+            f"{precision:<9} {str(compiled):<7} {row['samples_per_s']:>9.2f} {row['ms_per_step']:>8.1f} "
+            f"{row['peak_memory_mib']:>9.0f} {row['warmup_seconds']:>9.1f}"
+        )
 
     with tempfile.TemporaryDirectory(prefix="rlr-gpu-check-") as tmp:
         work = Path(tmp)
@@ -188,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         root = generate_demo(work / "demo", seed=0, image_size=size, n_train=6, n_test_good=1, n_test_defect=1)
         checks = [trainer_check(root, work / "features", work, device, p, c) for p, c in variants]
         for check in checks:
-            print(f"trainer {check['precision']}{' compiled' if check['compile'] else ''}: "
-                  f"{'ok' if check['ok'] else 'FAILED'}, losses {', '.join(f'{x:.4f}' for x in check['losses'])}, "
-                  f"{check['seconds']:.1f} s")
+            print(
+                f"trainer {check['precision']}{' compiled' if check['compile'] else ''}: "
+                f"{'ok' if check['ok'] else 'FAILED'}, losses {', '.join(f'{x:.4f}' for x in check['losses'])}, "
+                f"{check['seconds']:.1f} s"
+            )
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
         ddp = ddp_check(root, work / "features", work, gpus) if gpus >= 2 else None
         if ddp is not None:
@@ -198,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "what": "RLR training step on random features of the backbone's shapes, "
-                "then the real trainer on generated demo data",
+        "then the real trainer on generated demo data",
         "model": model,
         "config": config_file.name,
         "device": str(device),

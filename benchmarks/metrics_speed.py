@@ -31,9 +31,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "metrics_speed.json"
 Scores = dict[str, float | None]
 
 
-def synthetic_data(
-    n_images: int, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_data(n_images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Maps, masks and image scores/labels shaped like an MVTec AD test set.
 
     About half the images are defective, each with 1-3 irregular blobs (noisy ellipses); maps are
@@ -56,7 +54,6 @@ def synthetic_data(
     image_scores = maps.max(axis=(1, 2)).astype(np.float64)
     image_labels = masks.any(axis=(1, 2))
     return maps, masks, image_scores, image_labels
-
 
 
 def measure(call: Callable[[], Scores]) -> tuple[float, float, Scores]:

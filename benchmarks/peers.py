@@ -139,8 +139,12 @@ def run_patchcore(config: RunConfig, ratio: float, batch: int) -> dict[str, Any]
             "inference": test_seconds,
         },
         "inference_images_per_s": test_images / test_seconds,
-        "memory_bank": {"patches": patches, "coreset": int(model.memory_bank.shape[0]), "ratio": ratio,
-                        "dims": int(model.memory_bank.shape[1])},
+        "memory_bank": {
+            "patches": patches,
+            "coreset": int(model.memory_bank.shape[0]),
+            "ratio": ratio,
+            "dims": int(model.memory_bank.shape[1]),
+        },
         "settings": {
             "implementation": f"anomalib {version('anomalib')} PatchcoreModel",
             "backbone": f"{config.backbone.name}, levels {list(config.backbone.out_indices)}, packaged "
@@ -181,8 +185,13 @@ def run_rlr(config: RunConfig, scratch: Path, batch: int) -> dict[str, Any]:
     return {
         "per_class": result["per_class"],
         "mean": result["mean"],
-        "seconds": {"train": s["rlr_train"], "train_feature_extraction": s["feature_extraction_train"],
-                    "train_epochs": sum(result["epoch_seconds"]), "test": s["rlr_test"], "inference": seconds},
+        "seconds": {
+            "train": s["rlr_train"],
+            "train_feature_extraction": s["feature_extraction_train"],
+            "train_epochs": sum(result["epoch_seconds"]),
+            "test": s["rlr_test"],
+            "inference": seconds,
+        },
         "inference_images_per_s": speed,
         "epochs": result["epochs"],
         "seconds_per_epoch": result["seconds_per_epoch"],
@@ -261,9 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rlr-peers-") as tmp:
         scratch = Path(tmp)
         root = link_subset(args.data, scratch / "data", args.limit) if args.limit else args.data
-        config = load_config(args.config, [f"data.root={root}", *args.overrides, f"train.cache_dir={scratch / 'cache'}"])
-        data = {"root": str(args.data), "limit_images_per_folder": args.limit,
-                "image_size": config.data.image_size, "classes": sorted(build_split(config).test)}
+        config = load_config(
+            args.config, [f"data.root={root}", *args.overrides, f"train.cache_dir={scratch / 'cache'}"]
+        )
+        data = {
+            "root": str(args.data),
+            "limit_images_per_folder": args.limit,
+            "image_size": config.data.image_size,
+            "classes": sorted(build_split(config).test),
+        }
         if "patchcore" in args.sides:
             sides["patchcore"] = {**run_patchcore(config, args.coreset_ratio, args.batch), "command": command}
         if "rlr" in args.sides and args.rlr_run:

@@ -1,20 +1,26 @@
-"""Prediction speed of the demo config: PyTorch CPU eager vs ONNX Runtime CPU, batch 1 and 16.
+"""Prediction speed of the demo config: PyTorch CPU eager, ONNX Runtime CPU and OpenVINO CPU, batch 1 and 16.
 
-    python benchmarks/predict_speed.py [--run RUN] [--repeats 20] [--out PATH]
+    python benchmarks/predict_speed.py [--run RUN] [--repeats 20] [--batches 1 16] [--out PATH]
 
 Without --run, the demo config (`rlr.presets.cpu_config`) is trained for one epoch on the built-in
-demo data (speed does not depend on training) and exported to ONNX in a temporary folder. Both
-engines score the same preprocessed images held in memory, the whole scorer (backbone,
-reconstructors, map, smoothing, score); reading and resizing a file is timed separately, since it
-is the same for both. Each setting is warmed up first, then timed `--repeats` times; the median
-gives images/s (batch / median) and the per-image latency (median / batch). Thread counts are
-each library's default. Writes JSON to benchmarks/results/predict_speed.json.
+demo data (speed does not depend on training) and exported to ONNX and OpenVINO in a temporary
+folder. Every engine scores the same preprocessed images held in memory, the whole scorer
+(backbone, reconstructors, map, smoothing, score); reading and resizing a file is timed
+separately, since it is the same for all. Each setting is warmed up first, then timed `--repeats`
+times; the median gives images/s (batch / median) and the per-image latency (median / batch).
+Thread counts are each library's default. FLOPs per image are counted once on PyTorch's graph with
+`torch.utils.flop_counter.FlopCounterMode` (convolutions, matmuls, linear layers, attention;
+elementwise work is not counted), so every engine is credited with the same work; achieved
+GFLOP/s is that count times images/s, set against this machine's dense float32 matmul GFLOP/s
+(best 2048^2 `torch.mm`, as in train_step.py), the practical ceiling. Without the openvino
+package its rows are left out. Writes JSON to benchmarks/results/predict_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -25,13 +31,16 @@ from typing import Callable
 import onnxruntime
 import torch
 from machine_info import machine_info
+from torch.utils.flop_counter import FlopCounterMode
+from train_step import CPU_ATTENTION_FLOPS, dense_matmul_gflops
 
 import rlr
 from rlr.atomic import write_text
 from rlr.data.demo import ensure_demo
+from rlr.deploy.export import export_onnx
+from rlr.deploy.model import Model
+from rlr.deploy.onnx_runner import OnnxScorer
 from rlr.engine.train import train
-from rlr.export import export_onnx
-from rlr.onnx_runner import OnnxScorer
 from rlr.presets import cpu_config
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "predict_speed.json"
@@ -51,6 +60,26 @@ def median_seconds(step: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def flops_per_image(model: Model, image: torch.Tensor) -> int:
+    """Counted FLOPs of the whole scorer on one image (see the module docstring for what counts)."""
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    with counter, torch.inference_mode():
+        model.scorer(image[None])
+    return counter.get_total_flops()
+
+
+def openvino_runner(model: Model, folder: Path) -> tuple[Callable | None, str | None]:
+    """OpenVINO's `run` on the exported scorer and its version, or (None, None) without openvino."""
+    try:
+        import openvino
+    except ImportError:
+        return None, None
+    from rlr.deploy.openvino_export import export_openvino
+    from rlr.deploy.openvino_runner import OpenVinoScorer
+
+    return OpenVinoScorer(export_openvino(model, folder, verify=False)).run, openvino.get_version()
+
+
 def prepare_run(folder: Path) -> Path:
     """The demo config trained for one epoch on the demo data, on the CPU."""
     config = cpu_config((f"data.root={ensure_demo()}", "train.epochs=1", "train.device=cpu"))
@@ -61,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained run (default: train the demo config for one epoch)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes (default 1 16)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -69,26 +99,46 @@ def main(argv: list[str] | None = None) -> int:
         model = rlr.load(run_dir, "cpu")
         onnx_path = export_onnx(model, Path(tmp) / "onnx", verify=False)
         runner = OnnxScorer(onnx_path)
-        paths = sorted(Path(model.config.data.root).glob("*/test/*/*.png"))[: max(BATCHES)]
+        ov_run, ov_version = openvino_runner(model, Path(tmp) / "openvino")
+        paths = sorted(Path(model.config.data.root).glob("*/test/*/*.png"))[: max(args.batches)]
         read_one = median_seconds(lambda: model.prepare(paths[0]), args.repeats)
         images = torch.stack([model.prepare(p).pixels for p in paths])
+        flops = flops_per_image(model, images[0])
+        peak = dense_matmul_gflops(torch.device("cpu"))
 
         rows = []
-        for batch in BATCHES:
+        for batch in args.batches:
             inputs, arrays = images[:batch], images[:batch].numpy()
             with torch.inference_mode():
-                eager = median_seconds(lambda x=inputs: model.scorer(x), args.repeats)
-            ort = median_seconds(lambda x=arrays: runner.run(x), args.repeats)
-            for engine, seconds in (("PyTorch CPU eager", eager), ("ONNX Runtime CPU", ort)):
-                rows.append({"engine": engine, "batch": batch, "images_per_s": batch / seconds,
-                             "ms_per_image": 1000 * seconds / batch})
+                timed = [("PyTorch CPU eager", median_seconds(lambda x=inputs: model.scorer(x), args.repeats))]
+            timed.append(("ONNX Runtime CPU", median_seconds(lambda x=arrays: runner.run(x), args.repeats)))
+            if ov_run is not None:
+                timed.append(("OpenVINO CPU", median_seconds(lambda x=arrays: ov_run(x), args.repeats)))
+            for engine, seconds in timed:
+                achieved = flops * batch / seconds / 1e9
+                rows.append(
+                    {
+                        "engine": engine,
+                        "batch": batch,
+                        "images_per_s": batch / seconds,
+                        "ms_per_image": 1000 * seconds / batch,
+                        "achieved_gflops": achieved,
+                        "fraction_of_matmul_peak": achieved / peak,
+                    }
+                )
 
-    print(f"demo config, {model.image_size} px; torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"onnxruntime {runner.session.get_providers()[0]}")
-    print(f"{'engine':<20} {'batch':>5} {'images/s':>9} {'ms/image':>9}")
+    print(
+        f"demo config, {model.image_size} px; torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"onnxruntime {onnxruntime.__version__}, openvino {ov_version or 'not installed'}"
+    )
+    print(f"{flops / 1e9:.2f} GFLOP per image (counted); dense float32 matmul: {peak:.1f} GFLOP/s")
+    print(f"{'engine':<20} {'batch':>5} {'images/s':>9} {'ms/image':>9} {'GFLOP/s':>8} {'of peak':>7}")
     for row in rows:
-        print(f"{row['engine']:<20} {row['batch']:>5} {row['images_per_s']:>9.1f} {row['ms_per_image']:>9.1f}")
-    print(f"reading + resizing one demo PNG: {1000 * read_one:.1f} ms (same for both engines)")
+        print(
+            f"{row['engine']:<20} {row['batch']:>5} {row['images_per_s']:>9.1f} {row['ms_per_image']:>9.1f} "
+            f"{row['achieved_gflops']:>8.1f} {row['fraction_of_matmul_peak']:>7.1%}"
+        )
+    print(f"reading + resizing one demo PNG: {1000 * read_one:.1f} ms (same for every engine)")
 
     report = {
         "config": "rlr.presets.cpu_config (demo)",
@@ -98,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         "statistic": "median over repeats",
         "results": rows,
         "read_and_resize_ms": 1000 * read_one,
+        "gflop_per_image": flops / 1e9,
+        "flops": "torch.utils.flop_counter.FlopCounterMode on the PyTorch scorer, batch 1, matmul-like ops and convolutions",
+        "dense_matmul_gflops": peak,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": ov_version,
+        "load_average": os.getloadavg(),
         **machine_info(),
     }
     write_text(args.out, json.dumps(report, indent=2) + "\n")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from machine_info import machine_info
 
+from rlr.api import evaluate
 from rlr.atomic import write_text
 from rlr.config import load_config
-from rlr.engine.evaluate import evaluate
 from rlr.engine.train import train
 from rlr.report.tables import format_table
 
@@ -71,7 +71,11 @@ def main() -> int:
         print(f"realmini data not found at {args.data}; pass --data", file=sys.stderr)
         return 2
 
-    runs = [run_recipe(name, seed, args.data, args.overrides, args.keep_runs) for name in args.recipes for seed in args.seeds]
+    runs = [
+        run_recipe(name, seed, args.data, args.overrides, args.keep_runs)
+        for name in args.recipes
+        for seed in args.seeds
+    ]
     result = {
         "command": " ".join(["python", "benchmarks/realmini.py", *sys.argv[1:]]),
         "runs": runs,

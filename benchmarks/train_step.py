@@ -3,11 +3,11 @@
     python benchmarks/train_step.py [--configs cpu paper] [--steps 5] [--warmup 2] [--num-references 1]
                                     [--device cpu] [--threads N] [--out PATH]
 
-A step is the trainer's: feature jitter, forward, `training_loss` (reconstruction + diversity),
-backward, Adam step. Its inputs are synthetic feature maps of the backbone's shapes at 256 px
-(no backbone runs: it is frozen and outside the step), the same tensors for both variants, which
-also start from the same weights (`tests/reference.py`'s `plain_reference` copies the model); the
-jitter noise is drawn afresh each step, as in training.
+A step is the trainer's own, `rlr.engine.step.train_step`: feature jitter, forward, loss
+(reconstruction + diversity), backward, Adam step. Its inputs are synthetic feature maps of the
+backbone's shapes at 256 px (no backbone runs: it is frozen and outside the step), the same
+tensors for both variants, which also start from the same weights (`tests/reference.py`'s
+`plain_reference` copies the model); the jitter noise is drawn afresh each step, as in training.
 Configs: `cpu` is `rlr.presets.cpu_config()` (Lite0: 40 ch @ 32x32, 112 @ 16x16; widths 64/128,
 2 layers, 4 heads, batch 8); `paper` is `configs/rlr_mvtec.yaml` (b6: 72 @ 32x32, 200 @ 16x16;
 widths 256/512, 4 layers, 8 heads, batch 4). Each runs with both levels and with the 32x32 level
@@ -50,13 +50,13 @@ from torch.utils.flop_counter import (
 from rlr.atomic import write_text
 from rlr.config import RunConfig, load_config
 from rlr.engine.build import build_model
-from rlr.engine.train import build_optimizer, training_loss
-from rlr.models.jitter import feature_jitter
+from rlr.engine.step import build_optimizer, train_step
 from rlr.presets import cpu_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the plain model is the tests' oracle, not part of the package
 from tests.reference import plain_reference  # noqa: E402
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "train_step.json"
 # Channels of out_indices (2, 3), strides 8 and 16; the backbone itself never runs here.
 BACKBONE_CHANNELS = {"tf_efficientnet_lite0": (40, 112), "tf_efficientnet_b6.aa_in1k": (72, 200)}
@@ -122,18 +122,14 @@ def as_plain(case: Case) -> Case:
     return Case(case.config, model, build_optimizer(case.config, model), case.features)
 
 
-def train_step(case: Case) -> None:
-    """Jitter, forward, loss, backward, Adam: what the trainer does per batch (features precomputed)."""
-    noisy = [feature_jitter(f, case.config.train.jitter_scale) for f in case.features]
-    loss = training_loss(case.config, case.model, case.model(noisy), case.features)
-    case.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    case.optimizer.step()
+def step(case: Case) -> None:
+    """The trainer's step on the case's features (precomputed: the backbone is outside the step)."""
+    train_step(case.config, case.model, case.optimizer, case.features)
 
 
 def timed_step(case: Case, device: torch.device) -> float:
     started = time.perf_counter()
-    train_step(case)
+    step(case)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - started
@@ -142,7 +138,7 @@ def timed_step(case: Case, device: torch.device) -> float:
 def step_flops(case: Case) -> int:
     counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     with counter:
-        train_step(case)
+        step(case)
     return counter.get_total_flops()
 
 
@@ -165,15 +161,27 @@ def peak_memory_mib(name: str, scope: str, variant: str, args: argparse.Namespac
     if device.type == "cuda":
         case = build_case(name, scope, args.num_references, device)
         case = as_plain(case) if variant == "plain" else case
-        train_step(case)
+        step(case)
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        train_step(case)
+        step(case)
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    probe = [sys.executable, __file__, "--memory-probe", name, scope, variant, "--num-references",
-             str(args.num_references), "--warmup", str(args.warmup), "--threads", str(torch.get_num_threads())]
+    probe = [
+        sys.executable,
+        __file__,
+        "--memory-probe",
+        name,
+        scope,
+        variant,
+        "--num-references",
+        str(args.num_references),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     done = subprocess.run(probe, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -197,7 +205,7 @@ def memory_probe(name: str, scope: str, variant: str, args: argparse.Namespace) 
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
     for _ in range(max(args.warmup, 0) + 1):
-        train_step(case)
+        step(case)
     print((_status_kib("VmHWM") - before) / 1024)
 
 
@@ -208,25 +216,35 @@ def measure(name: str, scope: str, args: argparse.Namespace, peak_gflops: float)
     cases = {"efficient": efficient, "plain": as_plain(efficient)}
     for case in cases.values():
         for _ in range(args.warmup):
-            train_step(case)
+            step(case)
     times: dict[str, list[float]] = {variant: [] for variant in cases}
     for _ in range(args.steps):
         for variant, case in cases.items():
             times[variant].append(timed_step(case, device))
-    print(f"{name}, {scope}: median s/step " + ", ".join(f"{v} {statistics.median(t):.3f}" for v, t in times.items()),
-          file=sys.stderr, flush=True)
+    print(
+        f"{name}, {scope}: median s/step " + ", ".join(f"{v} {statistics.median(t):.3f}" for v, t in times.items()),
+        file=sys.stderr,
+        flush=True,
+    )
     rows = []
     batch = efficient.config.train.batch_size
     for variant, case in cases.items():
         seconds = statistics.median(times[variant])
         flops = step_flops(case)
-        rows.append({
-            "config": name, "levels": scope, "variant": variant, "batch": batch,
-            "samples_per_s": batch / seconds, "ms_per_step": 1000 * seconds,
-            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / seconds / 1e9,
-            "fraction_of_matmul_peak": flops / seconds / 1e9 / peak_gflops,
-            "peak_memory_mib": peak_memory_mib(name, scope, variant, args),
-        })
+        rows.append(
+            {
+                "config": name,
+                "levels": scope,
+                "variant": variant,
+                "batch": batch,
+                "samples_per_s": batch / seconds,
+                "ms_per_step": 1000 * seconds,
+                "gflop_per_step": flops / 1e9,
+                "achieved_gflops": flops / seconds / 1e9,
+                "fraction_of_matmul_peak": flops / seconds / 1e9 / peak_gflops,
+                "peak_memory_mib": peak_memory_mib(name, scope, variant, args),
+            }
+        )
     rows[0]["speedup_vs_plain"] = rows[0]["samples_per_s"] / rows[1]["samples_per_s"]
     return rows
 
@@ -254,18 +272,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for name in args.configs for scope in SCOPES for row in measure(name, scope, args, peak)]
     load_after = os.getloadavg()
 
-    print(f"one RLR training step, K={args.num_references}, {device.type}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); dense float32 matmul: {peak:.1f} GFLOP/s")
-    header = (f"{'config':<6} {'levels':<12} {'variant':<9} {'batch':>5} {'samples/s':>9} {'ms/step':>8} "
-              f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>7} {'peak MiB':>8} {'speedup':>7}")
+    print(
+        f"one RLR training step, K={args.num_references}, {device.type}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); dense float32 matmul: {peak:.1f} GFLOP/s"
+    )
+    header = (
+        f"{'config':<6} {'levels':<12} {'variant':<9} {'batch':>5} {'samples/s':>9} {'ms/step':>8} "
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'of peak':>7} {'peak MiB':>8} {'speedup':>7}"
+    )
     print(header)
     for r in rows:
         speedup = f"{r['speedup_vs_plain']:.2f}x" if "speedup_vs_plain" in r else ""
-        print(f"{r['config']:<6} {r['levels']:<12} {r['variant']:<9} {r['batch']:>5} {r['samples_per_s']:>9.2f} "
-              f"{r['ms_per_step']:>8.1f} {r['gflop_per_step']:>10.2f} {r['achieved_gflops']:>8.1f} "
-              f"{r['fraction_of_matmul_peak']:>7.1%} {r['peak_memory_mib']:>8.0f} {speedup:>7}")
-    target = next((r["speedup_vs_plain"] for r in rows
-                   if r["config"] == "cpu" and r["levels"] == "32x32 level" and "speedup_vs_plain" in r), None)
+        print(
+            f"{r['config']:<6} {r['levels']:<12} {r['variant']:<9} {r['batch']:>5} {r['samples_per_s']:>9.2f} "
+            f"{r['ms_per_step']:>8.1f} {r['gflop_per_step']:>10.2f} {r['achieved_gflops']:>8.1f} "
+            f"{r['fraction_of_matmul_peak']:>7.1%} {r['peak_memory_mib']:>8.0f} {speedup:>7}"
+        )
+    target = next(
+        (
+            r["speedup_vs_plain"]
+            for r in rows
+            if r["config"] == "cpu" and r["levels"] == "32x32 level" and "speedup_vs_plain" in r
+        ),
+        None,
+    )
     if target is not None:
         verdict = "met" if target >= TARGET_SPEEDUP else "NOT met"
         print(f"target: efficient >= {TARGET_SPEEDUP:g}x plain at 32x32 (CPU config): {target:.2f}x, {verdict}")
@@ -278,8 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "statistic": "median step time over the timed steps; variants interleaved, same inputs and weights",
         "flops": "torch.utils.flop_counter.FlopCounterMode, forward + backward, matmul-like ops only",
-        "peak_memory": ("cuda: max_memory_allocated above the pre-step allocation" if device.type == "cuda" else
-                        "cpu: VmHWM (reset first) minus VmRSS before warm-up + one step, fresh process per variant"),
+        "peak_memory": (
+            "cuda: max_memory_allocated above the pre-step allocation"
+            if device.type == "cuda"
+            else "cpu: VmHWM (reset first) minus VmRSS before warm-up + one step, fresh process per variant"
+        ),
         "dense_matmul_gflops": peak,
         "target_speedup": TARGET_SPEEDUP,
         "target_speedup_measured": target,

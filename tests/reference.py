@@ -87,4 +87,3 @@ def plain_reference(model: RLR) -> RLR:
         for layer in level.layers:
             _make_plain(layer, local)
     return plain
-

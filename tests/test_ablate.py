@@ -33,11 +33,15 @@ def _overrides(tiny_demo, feature_cache_dir, *extra):
 
 def test_studies_have_the_supplementary_variants():
     assert [v.label for v in study_variants("refs")] == ["K = 1", "K = 2", "K = 3"]
-    assert len(study_variants("fusion")) == 2 and [v.preset for v in study_variants("methods")] == ["rlr_cpu", "uniad_cpu"]
+    assert len(study_variants("fusion")) == 2 and [v.preset for v in study_variants("methods")] == [
+        "rlr_cpu",
+        "uniad_cpu",
+    ]
     with pytest.raises(RlrError, match="unknown study 'x'"):
         study_variants("x")
 
 
+@pytest.mark.slow
 def test_fusion_then_refs_share_the_baseline_run_and_resume(tiny_demo, feature_cache_dir, tmp_path):
     out = tmp_path / "study"
     logs: list[str] = []
@@ -63,28 +67,32 @@ def test_fusion_then_refs_share_the_baseline_run_and_resume(tiny_demo, feature_c
     assert all("reused" in line for line in logs) and len(logs) == 3
 
 
+@pytest.mark.slow
 def test_an_interrupted_variant_is_resumed(tiny_demo, feature_cache_dir, tmp_path, monkeypatch):
     import rlr.engine.train as engine_train
 
     out = tmp_path / "study"
-    real_save = engine_train._save
+    real_save = engine_train.save_epoch
 
     def save_then_stop(run_dir, state):
         real_save(run_dir, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine_train, "_save", save_then_stop)
+    monkeypatch.setattr(engine_train, "save_epoch", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_study("fusion", out, overrides=_overrides(tiny_demo, feature_cache_dir), log=lambda line: None)
-    monkeypatch.setattr(engine_train, "_save", real_save)
+    monkeypatch.setattr(engine_train, "save_epoch", real_save)
     logs: list[str] = []
     result = run_study("fusion", out, overrides=_overrides(tiny_demo, feature_cache_dir), log=logs.append)
     assert logs[0].endswith("resuming after epoch 1") and logs[1].endswith("training")
-    history = [json.loads(line) for line in (out / "runs").glob("alpha-*/train_log.jsonl").__next__().read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (out / "runs").glob("alpha-*/train_log.jsonl").__next__().read_text().splitlines()
+    ]
     assert [r["epoch"] for r in history] == [1, 2]
     assert len(result["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_methods_study_from_the_command_line(tiny_demo, feature_cache_dir, tmp_path, capsys):
     from rlr.config import save_config
     from rlr.presets import cpu_config, preset_config
@@ -131,6 +139,7 @@ def test_run_hashes_ignore_later_settings_at_their_default_and_recipe_runs_ignor
     assert training_hash(dropout) != training_hash(RunConfig())
 
 
+@pytest.mark.slow
 def test_recipe_eval_variant_tests_the_paper_run_again_and_a_rerun_reuses_both(tiny_demo, feature_cache_dir, tmp_path):
     out = tmp_path / "recipe"
     overrides = _overrides(tiny_demo, feature_cache_dir, "train.epochs=1")
@@ -157,7 +166,9 @@ def test_recipe_eval_variant_tests_the_paper_run_again_and_a_rerun_reuses_both(t
     epochs = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert paper["train_seconds"] == top1["train_seconds"] == sum(e["seconds"] for e in epochs)
     markdown = (out / "recipe.md").read_text()
-    assert "| variant | seeds | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | AUPRO | mAD | train s |" in markdown
+    assert (
+        "| variant | seeds | I-AUROC | I-AP | I-F1max | P-AUROC | P-AP | P-F1max | AUPRO | mAD | train s |" in markdown
+    )
     assert "| paper recipe | 0 |" in markdown and f"Not run yet: {', '.join(result['not_run'])}." in markdown
     assert "feature extraction excluded" in markdown and json.loads((out / "recipe.json").read_text()) == result
 
@@ -168,6 +179,7 @@ def test_recipe_eval_variant_tests_the_paper_run_again_and_a_rerun_reuses_both(t
     assert (run / "last.pt").stat().st_mtime_ns == trained_at
 
 
+@pytest.mark.slow
 def test_recipe_over_two_seeds_from_the_command_line_shows_the_spread(tiny_demo, feature_cache_dir, tmp_path, capsys):
     out = tmp_path / "recipe"
     tiny = [f"--{item}" for item in (*TINY, f"train.cache_dir={feature_cache_dir}", "train.epochs=1")]

@@ -81,12 +81,18 @@ def held_out(tmp_path_factory) -> Path:
     return generate_demo(root, seed=1, image_size=128, n_train=2, n_test_good=1, n_test_defect=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_model_goes_through_the_whole_library(name, with_bottleneck, tiny_demo, held_out, feature_cache_dir, tmp_path):
     run_dir = tmp_path / name
     settings = (
-        f"model.name={name}", f"data.root={tiny_demo}", f"train.cache_dir={feature_cache_dir}",
-        "data.image_size=128", "train.epochs=1", "train.batch_size=8", *model_spec(name).smoke_overrides,
+        f"model.name={name}",
+        f"data.root={tiny_demo}",
+        f"train.cache_dir={feature_cache_dir}",
+        "data.image_size=128",
+        "train.epochs=1",
+        "train.batch_size=8",
+        *model_spec(name).smoke_overrides,
     )
     assert main(["train", "--run-dir", str(run_dir), *[f"--{item}" for item in settings]]) == 0
     assert main(["test", "--run", str(run_dir)]) == 0
@@ -125,7 +131,9 @@ def _mentions(path: Path) -> tuple[set[str], set[str], set[str]]:
     return constants, compared, names
 
 
-@pytest.mark.parametrize("path", [*sorted((SOURCE / "engine").glob("*.py")), SOURCE / "config.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [*sorted((SOURCE / "engine").glob("*.py")), SOURCE / "config.py"], ids=lambda p: p.name
+)
 def test_engine_and_config_name_no_model(path):
     """No comparison with a model's name, no import from its package, none of its names.
 

@@ -70,8 +70,16 @@ def test_level_reconstructor_matches_plain_reference(side, window, num_reference
     channels = 6
     batch, dim, heads = _shape_for(side)
     model = RLR(
-        [channels], [(side, side)], [dim], num_layers=1 if side == 64 else 2, num_heads=heads, ffn_ratio=2,
-        windows=[window], num_references=num_references, fusion=fusion, theta_init=THETA,
+        [channels],
+        [(side, side)],
+        [dim],
+        num_layers=1 if side == 64 else 2,
+        num_heads=heads,
+        ffn_ratio=2,
+        windows=[window],
+        num_references=num_references,
+        fusion=fusion,
+        theta_init=THETA,
     )
     plain = plain_reference(model)
     features = torch.randn(batch, channels, side, side)

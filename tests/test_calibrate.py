@@ -9,12 +9,13 @@ import pytest
 
 import rlr
 import rlr.data.transforms as transforms
-from rlr.calibrate import THRESHOLDS_NAME, calibrate, normal_folders, quantile_threshold, resolve_quantile
 from rlr.cli import main
 from rlr.data.demo import generate_demo
+from rlr.deploy.calibrate import calibrate, normal_folders
+from rlr.deploy.model import Model
+from rlr.deploy.thresholds import THRESHOLDS_NAME, quantile_threshold, resolve_quantile
 from rlr.engine.train import train
 from rlr.errors import ConfigError, DataError
-from rlr.inference import Model
 
 from .conftest import tiny_config
 
@@ -66,7 +67,7 @@ def test_normal_folder_layouts(tmp_path):
 def test_calibration_reads_only_normal_images_and_writes_the_run(run_dir, held_out, monkeypatch):
     read = []
     original = transforms.read_image
-    monkeypatch.setattr("rlr.inference.read_image", lambda path, *a: read.append(str(path)) or original(path, *a))
+    monkeypatch.setattr("rlr.deploy.model.read_image", lambda path, *a: read.append(str(path)) or original(path, *a))
     model = Model.load(run_dir, "cpu", use_thresholds=False)
     payload = calibrate(model, held_out, quantile=0.9)
     assert read and all("/train/good/" in path and str(held_out) in path for path in read)
@@ -83,7 +84,9 @@ def test_calibration_reads_only_normal_images_and_writes_the_run(run_dir, held_o
     )
 
 
-def test_predict_uses_the_class_threshold_inside_the_dataset_and_the_global_one_outside(run_dir, held_out, tiny_demo, tmp_path):
+def test_predict_uses_the_class_threshold_inside_the_dataset_and_the_global_one_outside(
+    run_dir, held_out, tiny_demo, tmp_path
+):
     calibrate(Model.load(run_dir, "cpu", use_thresholds=False), held_out)
     model = rlr.load(run_dir, "cpu")
     per_class = model.thresholds.per_class
@@ -112,7 +115,9 @@ def test_cli_calibrate_then_predict_decides(run_dir, held_out, tiny_demo, tmp_pa
     assert main(["calibrate", str(run_dir), "--normal", str(held_out), "--fpr", "0.05", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "global: threshold" in out and "brick: threshold" in out and "quantile 0.95" in out
-    assert main(["predict", str(run_dir), str(tiny_demo / "brick" / "test"), "--out", str(tmp_path), "--no-overlays"]) == 0
+    assert (
+        main(["predict", str(run_dir), str(tiny_demo / "brick" / "test"), "--out", str(tmp_path), "--no-overlays"]) == 0
+    )
     rows = (tmp_path / "predictions.csv").read_text().splitlines()[1:]
     assert rows and all(row.split(",")[4] in ("anomalous", "normal") for row in rows)
 

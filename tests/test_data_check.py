@@ -11,9 +11,7 @@ from PIL import Image
 
 from rlr.data import check_dataset, format_check_report
 
-REALMINI = Path(
-    os.environ.get("RLR_REALMINI") or Path(__file__).resolve().parents[2] / "shared/data/realmini"
-)
+REALMINI = Path(os.environ.get("RLR_REALMINI") or Path(__file__).resolve().parents[2] / "shared/data/realmini")
 
 
 def _save(path: Path, image: Image.Image) -> Path:

@@ -136,17 +136,13 @@ def test_ensure_demo_folder_encodes_parameters(tmp_path: Path) -> None:
     assert len(list((b / "brick" / "train" / "good").glob("*.png"))) == 4
 
 
-def test_ensure_demo_default_dir_follows_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ensure_demo_default_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RLR_CACHE_DIR", str(tmp_path))
     root = demo.ensure_demo(seed=0, **SIZES)
     assert root.parent == tmp_path / "demo"
 
 
-def test_interrupted_generation_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_: object) -> None:
         raise KeyboardInterrupt
 
@@ -156,9 +152,7 @@ def test_interrupted_generation_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"n_train": 0}, {"image_size": 8}, {"batch": 3}, {"n_test_good": 2.5}]
-)
+@pytest.mark.parametrize("kwargs", [{"n_train": 0}, {"image_size": 8}, {"batch": 3}, {"n_test_good": 2.5}])
 def test_bad_sizes_rejected(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         demo.ensure_demo(tmp_path, **kwargs)

@@ -84,12 +84,22 @@ def ddp(tiny_demo, feature_cache_dir, tmp_path_factory):
     save_config(tiny_config(tiny_demo, feature_cache_dir, "train.batch_size=4", "train.device=cpu"), config_file)
     (work / "recording.py").write_text(RECORDING)
     run_dir = work / "run"
-    first = _torchrun(str(work / "recording.py"), str(work), "train", "--config", str(config_file),
-                      "--run-dir", str(run_dir), "--train.epochs", "1")
+    first = _torchrun(
+        str(work / "recording.py"),
+        str(work),
+        "train",
+        "--config",
+        str(config_file),
+        "--run-dir",
+        str(run_dir),
+        "--train.epochs",
+        "1",
+    )
     resumed = _torchrun("-m", "rlr", "train", "--resume", str(run_dir), "--train.epochs", "2")
     return config_file, run_dir, work, first.stdout + resumed.stdout
 
 
+@pytest.mark.slow
 def test_replicas_stay_identical_and_only_rank_0_writes(ddp):
     _, run_dir, work, stdout = ddp
     log = _log(run_dir)
@@ -104,6 +114,7 @@ def test_replicas_stay_identical_and_only_rank_0_writes(ddp):
     assert stdout.count("trained:") == 2 and stdout.count("resuming") == 1  # rank 0 only, each launch
 
 
+@pytest.mark.slow
 def test_two_processes_of_batch_4_resumed_equal_one_of_batch_8(ddp, tmp_path):
     config_file, run_dir, _, _ = ddp
     config = load_config(config_file, ["train.batch_size=8"])

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlr.api import evaluate
 from rlr.cli import main
 from rlr.config import load_config
-from rlr.engine.evaluate import evaluate
 from rlr.engine.train import train
 from rlr.errors import RlrError
 from rlr.metrics import METRIC_NAMES
@@ -81,8 +81,19 @@ def test_cli_train_and_test(tiny_demo, feature_cache_dir, tmp_path, capsys):
     run_dir = tmp_path / "cli_run"
     overrides = [arg for item in TINY for arg in ("--" + item.split("=")[0], item.split("=")[1])]
     code = main(
-        ["train", "--config", str(CONFIGS / "rlr_cpu.yaml"), "--run-dir", str(run_dir), "--data.root", str(tiny_demo),
-         f"--train.cache_dir={feature_cache_dir}", *overrides, "--train.epochs", "1"]
+        [
+            "train",
+            "--config",
+            str(CONFIGS / "rlr_cpu.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--data.root",
+            str(tiny_demo),
+            f"--train.cache_dir={feature_cache_dir}",
+            *overrides,
+            "--train.epochs",
+            "1",
+        ]
     )
     assert code == 0 and (run_dir / "last.pt").is_file()
     assert main(["test", "--run", str(run_dir)]) == 0
@@ -132,7 +143,9 @@ def _tiny_mvtec(root, broken: str | None = None):
     for folder, count in (("train/good", 3), ("test/good", 1), ("test/crack", 1)):
         (root / "part" / folder).mkdir(parents=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "part" / folder / f"{i:03d}.png")
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                root / "part" / folder / f"{i:03d}.png"
+            )
     (root / "part/ground_truth/crack").mkdir(parents=True)
     Image.fromarray(np.full((64, 64), 255, dtype=np.uint8)).save(root / "part/ground_truth/crack/000_mask.png")
     if broken:
@@ -143,8 +156,17 @@ def _tiny_mvtec(root, broken: str | None = None):
 
 def test_cli_train_names_a_truncated_image_in_one_line(tmp_path, feature_cache_dir, capsys):
     root = _tiny_mvtec(tmp_path / "data", broken="train/good/001.png")
-    code = main(["train", "--data.root", str(root), "--run-dir", str(tmp_path / "run"),
-                 f"--train.cache_dir={feature_cache_dir}", *[f"--{item}" for item in TINY]])
+    code = main(
+        [
+            "train",
+            "--data.root",
+            str(root),
+            "--run-dir",
+            str(tmp_path / "run"),
+            f"--train.cache_dir={feature_cache_dir}",
+            *[f"--{item}" for item in TINY],
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     (line,) = [row for row in err.replace("\r", "\n").splitlines() if row.startswith("rlr: error:")]
@@ -160,13 +182,20 @@ def test_cli_data_check_lists_problems_with_nonzero_exit(tmp_path, capsys):
     assert "test/crack/000.png" in out and "notes.txt" in out
 
 
+@pytest.mark.slow
 @pytest.mark.realmini
 def test_realmini_class_trains_and_tests(realmini, feature_cache_dir, tmp_path):
     """Real images and masks go through the same pipeline (one small class, one epoch)."""
-    config = cpu_config((
-        f"data.root={realmini}", "data.classes=[metal_plate]", f"train.cache_dir={feature_cache_dir}",
-        "model.hidden_dims=[32, 64]", "model.num_layers=1", "train.epochs=1",
-    ))
+    config = cpu_config(
+        (
+            f"data.root={realmini}",
+            "data.classes=[metal_plate]",
+            f"train.cache_dir={feature_cache_dir}",
+            "model.hidden_dims=[32, 64]",
+            "model.num_layers=1",
+            "train.epochs=1",
+        )
+    )
     results = evaluate(train(config, tmp_path / "run"))
     (metrics,) = [r.metrics for r in results.values()]
     assert len(results["metal_plate"].records) == 27 + 71

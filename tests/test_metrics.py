@@ -47,9 +47,7 @@ def _brute_aupro(maps: np.ndarray, masks: np.ndarray, limit: float) -> float:
     for t in np.unique(maps)[::-1]:
         hit = maps >= t
         fpr.append((hit & normal).sum() / normal.sum())
-        overlaps = [
-            (hit[i][lab == k]).mean() for i, (lab, n) in enumerate(regions) for k in range(1, n + 1)
-        ]
+        overlaps = [(hit[i][lab == k]).mean() for i, (lab, n) in enumerate(regions) for k in range(1, n + 1)]
         pro.append(float(np.mean(overlaps)))
     fpr_a, pro_a = np.array(fpr), np.array(pro)
     i = int(np.argmax(fpr_a >= limit))  # first point at or past the limit (the last has FPR 1)
@@ -60,9 +58,7 @@ def _brute_aupro(maps: np.ndarray, masks: np.ndarray, limit: float) -> float:
     return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2)) / limit
 
 
-def _blob_data(
-    rng: np.random.Generator, n: int, size: int, decimals: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+def _blob_data(rng: np.random.Generator, n: int, size: int, decimals: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Small maps with random elliptical blobs in about half the masks; rounded scores tie."""
     yy, xx = np.mgrid[:size, :size]
     masks = np.zeros((n, size, size), dtype=bool)
@@ -87,9 +83,7 @@ def test_auroc_and_ap_match_sklearn_with_ties(seed: int, decimals: int) -> None:
     rng = np.random.default_rng(seed)
     scores, labels = _tied_scores(rng, int(rng.integers(20, 3000)), decimals)
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
-    assert average_precision(scores, labels) == pytest.approx(
-        average_precision_score(labels, scores), abs=1e-9
-    )
+    assert average_precision(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
     assert f1_max(scores, labels) == pytest.approx(_brute_f1_max(scores, labels), abs=1e-9)
 
 

@@ -151,7 +151,9 @@ def test_the_identity_path_check_fails_on_an_injected_shortcut():
     level = LevelReconstructor(8, (16, 16), dim=16, num_layers=2, num_heads=2).eval()
     for layer in level.layers:
         attend = layer.mlka.forward
-        layer.mlka.forward = lambda query, key, value, allowed, attend=attend: query + attend(query, key, value, allowed)
+        layer.mlka.forward = lambda query, key, value, allowed, attend=attend: (
+            query + attend(query, key, value, allowed)
+        )
     assert _self_over_far(level) > SHORTCUT_RATIO
 
 

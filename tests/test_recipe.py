@@ -8,7 +8,7 @@ import torch
 
 from rlr.config import load_config
 from rlr.engine.build import build_model, scoring_rule
-from rlr.engine.train import learning_rate, level_losses, optimizer_step, training_loss
+from rlr.engine.step import learning_rate, level_losses, optimizer_step, training_loss
 from rlr.errors import ConfigError
 from rlr.models.losses import cosine_distance, hard_fraction_at, hard_mined, reconstruction_loss
 from rlr.models.rlr import RLR
@@ -174,6 +174,7 @@ def test_release_init_scales_the_embeddings_and_zeroes_attention_biases():
 
 def _one_step(config, model, features):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+
     def losses():
         return level_losses(config, model, model(features), features)
 
@@ -244,9 +245,9 @@ def test_recipe_options_refused_where_they_would_do_nothing():
 def test_release_stepping_trains_several_epochs(tiny_demo, feature_cache_dir, tmp_path):
     """Every level after the first runs its forward on the weights the previous step left (as the release
     does): reusing the first forward fails in autograd from the second batch on, once Adam has momentum."""
-    from .conftest import tiny_config
-
     from rlr.engine.train import train
+
+    from .conftest import tiny_config
 
     config = tiny_config(tiny_demo, feature_cache_dir, "train.release_stepping=true", "train.batch_size=4")
     run_dir = train(config, tmp_path / "run")

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from rlr.data.types import ImageRecord
-from rlr.engine.evaluate import ClassResult
 from rlr.metrics import METRIC_NAMES, compute_metrics, mean_over_classes
 from rlr.report.figures import pick_examples, roc_curve
 from rlr.report.html import worst_classes, write_html_report
+from rlr.results import ClassResult
 
 SIZE = 32
 PROTOCOL = {"image_size": SIZE, "mask_resize": "nearest neighbour", "checkpoint": "last epoch"}
@@ -164,9 +164,17 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     if binary is None:
         pytest.skip("no Chromium: install /usr/bin/chromium or set RLR_CHROMIUM to a binary")
     flags = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
     ]
     url = report.resolve().as_uri()
     shot = tmp_path / "shot.png"

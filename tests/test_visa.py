@@ -251,9 +251,7 @@ def test_check_lists_problems_and_unlisted_files(visa: Path) -> None:
     report = check_dataset(visa)
     assert len(report.problems) == 1 and report.problems[0].startswith(f"{missing}: file not found")
     unlisted = f"not listed in {visa / SPLIT_CSV}; ignored"
-    assert sorted(report.warnings) == sorted(
-        [f"{extra}: {unlisted}", f"{visa / 'scans'}: {unlisted}"]
-    )
+    assert sorted(report.warnings) == sorted([f"{extra}: {unlisted}", f"{visa / 'scans'}: {unlisted}"])
 
 
 # --- the MVTec-converted layout --------------------------------------------------------------
@@ -284,9 +282,7 @@ def test_converted_layout_loads_as_mvtec(visa: Path, tmp_path: Path) -> None:
         assert labels == sorted((r.label, r.defect_type) for r in raw.test[name])
         masks = converted / name / "ground_truth" / "bad"
         for record in mvtec.test[name]:
-            expected = (
-                masks / f"{record.image_path.stem}.png" if record.label == ANOMALOUS else None
-            )
+            expected = masks / f"{record.image_path.stem}.png" if record.label == ANOMALOUS else None
             assert record.mask_path == expected
     assert check_dataset(converted).ok
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from rlr.inference import Model
+from typing import Any
 
 __version__ = "0.1.0"
 
 
-def load(run_dir: str | os.PathLike, device: str | None = None) -> Model:
-    """A trained run ready to score images: `rlr.load(run).predict(path)` (see rlr.inference).
+def __getattr__(name: str) -> Any:
+    """`rlr.load(run_dir, device=None)`: a trained run ready to score images (`rlr.deploy.model.load`).
 
-    Imported on first use, so `import rlr` stays light.
+    Looked up on first use, so `import rlr` stays light (no torch) and the package's root imports
+    nothing that imports it back.
     """
-    from rlr.inference import load as _load
+    if name == "load":
+        from rlr.deploy.model import load
 
-    return _load(run_dir, device)
+        return load
+    raise AttributeError(f"module 'rlr' has no attribute {name!r}")

@@ -27,14 +27,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlr.api import evaluate
 from rlr.atomic import write_text
 from rlr.config import RunConfig, load_config
 from rlr.engine.checkpoint import load_checkpoint
-from rlr.engine.evaluate import evaluate, load_run
-from rlr.engine.train import CHECKPOINT_NAME, resume_state, train, training_loss
+from rlr.engine.evaluate import load_run
+from rlr.engine.runs import CHECKPOINT_NAME, resume_state
+from rlr.engine.step import train_step
+from rlr.engine.train import train
 from rlr.errors import ConfigError, RlrError
 from rlr.metrics import METRIC_NAMES
+from rlr.models.base import Reconstructor
 from rlr.presets import preset_config
+from rlr.report.tables import percent
 
 STUDIES = ("methods", "fusion", "refs")
 HEADLINE = ("I-AUROC", "P-AUROC")
@@ -56,6 +61,8 @@ LATER_SETTINGS = (
     "train.hard_ramp_steps",
     "train.release_stepping",
     "eval.image_score_top_percent",
+    "data.normal_test_ratio",
+    "data.split_seed",
 )
 
 
@@ -125,7 +132,9 @@ def select_variants(variants: Sequence[Variant], slugs: Sequence[str] | None) ->
     return [v for v in variants if slugs is None or v.slug in slugs]
 
 
-def variant_config(variant: Variant, base: Path | None, overrides: Sequence[str], method_configs: dict[str, Path]) -> RunConfig:
+def variant_config(
+    variant: Variant, base: Path | None, overrides: Sequence[str], method_configs: dict[str, Path]
+) -> RunConfig:
     """The base (a YAML file, or the small CPU preset) with the variant's and then the user's overrides."""
     config_file = method_configs.get(variant.slug) if variant.preset else base
     if config_file is not None:
@@ -213,16 +222,13 @@ def saved_activation_bytes(model: torch.nn.Module, inputs: Sequence[torch.Tensor
     return sum(storages.values())
 
 
-def step_seconds(config: RunConfig, model: torch.nn.Module, inputs: list[torch.Tensor], steps: int = 3) -> float:
-    """Median wall time of a training step (forward, loss, backward, Adam) after one warm-up step."""
+def step_seconds(config: RunConfig, model: Reconstructor, inputs: list[torch.Tensor], steps: int = 3) -> float:
+    """Median wall time of the trainer's step (jitter, forward, loss, backward, Adam) after one warm-up step."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.0)  # lr 0: timing only, the weights stay
     times = []
     for _ in range(steps + 1):
         started = time.perf_counter()
-        loss = training_loss(config, model, model(inputs), inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(config, model, optimizer, inputs)
         times.append(time.perf_counter() - started)
     return statistics.median(times[1:])
 
@@ -296,10 +302,6 @@ def write_tables(out_dir: Path, study: str, result: dict[str, Any], markdown: st
     write_text(out_dir / f"{study}.md", markdown)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def _table_head(columns: Sequence[str]) -> list[str]:
     """The header and alignment lines of a table with one row per variant."""
     return ["| variant | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
@@ -310,7 +312,7 @@ def _per_class_table(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> li
     classes = list(rows[0]["per_class"]) if rows else []
     lines = [f"Per class ({' / '.join(names)}):", "", *_table_head(classes)]
     for r in rows:
-        cells = [" / ".join(_pct(r["per_class"][c].get(name)) for name in names) for c in classes]
+        cells = [" / ".join(percent(r["per_class"][c].get(name)) for name in names) for c in classes]
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -320,7 +322,7 @@ def study_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     study = result["study"]
     lines = [f"# Study: {study}", "", *_table_head(HEADLINE)]
-    lines += [f"| {r['variant']} | " + " | ".join(_pct(r["mean"].get(m)) for m in HEADLINE) + " |" for r in rows]
+    lines += [f"| {r['variant']} | " + " | ".join(percent(r["mean"].get(m)) for m in HEADLINE) + " |" for r in rows]
     lines += ["", "Mean over classes, percent, last epoch.", ""]
     threads = torch.get_num_threads()
     cost_note = f"Costs at the training batch size on random features; step time on {threads} CPU thread(s)."
@@ -499,7 +501,7 @@ def recipe_markdown(result: dict[str, Any]) -> str:
     for r in rows:
         spread = r.get("range", {})
         cells = [", ".join(map(str, r["seeds"]))]
-        cells += [_with_range(r["mean"][name], spread.get(name), _pct) for name in RECIPE_METRICS]
+        cells += [_with_range(r["mean"][name], spread.get(name), percent) for name in RECIPE_METRICS]
         cells.append(_with_range(r["train_seconds"], spread.get("train_seconds"), _seconds))
         lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     lines += [

@@ -40,20 +40,26 @@ def _print_table(run_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.config import load_config
+    from rlr.config import load_config, parse_value
     from rlr.engine.distributed import is_main_process
-    from rlr.engine.train import resume_state, train
+    from rlr.engine.runs import resume_state
+    from rlr.engine.train import train
+    from rlr.presets import device_recipe
 
     say = print if is_main_process() else lambda *_: None  # under torchrun, rank 0 speaks for all
     overrides = _overrides(extra)
     if args.resume is None:
-        config = load_config(args.config, overrides)
+        if args.config is None:
+            config, chosen = device_recipe(overrides)
+            say(chosen)
+        else:
+            config = load_config(args.config, overrides)
         run_dir = train(config, args.run_dir, overwrite=args.overwrite)
     else:
         epochs = [item for item in overrides if item.startswith("train.epochs=")]
         if args.config or args.run_dir or args.overwrite or len(epochs) != len(overrides):
             raise RlrError("--resume continues a run with its own config; only --train.epochs N may be given")
-        more = int(epochs[-1].split("=", 1)[1]) if epochs else None
+        more = parse_value("train.epochs", epochs[-1].split("=", 1)[1]) if epochs else None  # checked by resume_state
         config, state = resume_state(args.resume, more)
         if state["epoch"] >= config.train.epochs:
             say(f"{args.resume}: already trained for {state['epoch']} epochs; nothing to do")
@@ -65,18 +71,23 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.engine.evaluate import evaluate
+    from rlr.api import evaluate
 
     if extra:
         raise RlrError(f"rlr test takes no overrides, got {' '.join(extra)}")
-    evaluate(Path(args.run), args.device)
-    _print_table(Path(args.run))
+    if args.run is not None and args.run_option is not None and args.run != args.run_option:
+        raise RlrError(f"rlr test: two runs given ({args.run} and --run {args.run_option})")
+    run = args.run or args.run_option
+    if run is None:
+        raise RlrError("rlr test: which run? (rlr test RUN)")
+    evaluate(Path(run), args.device)
+    _print_table(Path(run))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.api import evaluate
     from rlr.data.demo import ensure_demo
-    from rlr.engine.evaluate import evaluate
     from rlr.engine.train import train
     from rlr.presets import cpu_config
 
@@ -100,6 +111,20 @@ def cmd_data_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
     report = check_dataset(Path(args.root))
     print(format_check_report(report), end="")
     return 1 if report.problems else 0
+
+
+def cmd_config_show(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from rlr.config import describe, load_config
+    from rlr.presets import device_recipe
+
+    overrides = _overrides(extra)
+    if args.config is None:
+        config, chosen = device_recipe(overrides)
+        print(f"# {chosen}")
+    else:
+        config = load_config(args.config, overrides)
+    print(describe(config), end="")
+    return 0
 
 
 def cmd_ablate(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -138,8 +163,9 @@ def cmd_figure(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.inference import Model
-    from rlr.predict import collect_inputs, predict_files
+    from rlr.deploy.inputs import collect_inputs
+    from rlr.deploy.model import Model
+    from rlr.deploy.predict import predict_files
 
     _no_extra("predict", extra)
     model = Model.load(args.run, args.device)
@@ -148,8 +174,13 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
     files, problems = collect_inputs(args.paths)
     out_dir = args.out or Path(args.run) / "predictions"
     summary = predict_files(
-        model, files, out_dir, args.class_name,
-        overlays=not args.no_overlays, save_maps=args.save_maps, full_size_maps=args.full_size_maps,
+        model,
+        files,
+        out_dir,
+        args.class_name,
+        overlays=not args.no_overlays,
+        save_maps=args.save_maps,
+        full_size_maps=args.full_size_maps,
         batch_size=args.batch_size,
     )
     problems += summary.problems
@@ -165,8 +196,9 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.calibrate import THRESHOLDS_NAME, calibrate
-    from rlr.inference import Model
+    from rlr.deploy.calibrate import calibrate
+    from rlr.deploy.model import Model
+    from rlr.deploy.thresholds import THRESHOLDS_NAME
 
     _no_extra("calibrate", extra)
     model = Model.load(args.run, args.device, use_thresholds=False)
@@ -178,22 +210,29 @@ def cmd_calibrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.export import export
-    from rlr.inference import Model
+    from rlr.deploy.formats import export
+    from rlr.deploy.model import Model
 
     _no_extra("export", extra)
     model = Model.load(args.run, "cpu")
     path = export(model, args.format, args.out or Path(args.run) / args.format)
-    print(f"exported: {path} (+ model.json, rlr_onnx_runner.py beside it)")
+    runners = "rlr_onnx_runner.py" if args.format == "onnx" else "rlr_openvino_runner.py, rlr_onnx_runner.py"
+    print(f"exported: {path} (+ model.json, {runners} beside it)")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.inference import Model
-    from rlr.serve import serve
+    import os
+
+    from rlr.deploy.api_auth import TOKEN_ENV
+    from rlr.deploy.serve import check_settings, serve
 
     _no_extra("serve", extra)
-    serve(Model.load(args.run, args.device), args.port, args.max_upload_mb)
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    settings = check_settings(
+        args.host, args.port, token, args.max_upload_mb, args.max_megapixels, args.timeout, args.queue
+    )
+    serve(args.run, settings, args.device)
     return 0
 
 
@@ -213,8 +252,12 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
 
     calibrate = sub.add_parser("calibrate", help="set accept/reject thresholds from held-out normal images")
     calibrate.add_argument("run", help="run directory written by rlr train")
-    calibrate.add_argument("--normal", required=True, type=Path,
-                           help="normal images: <dir>/<class>/train/good, <dir>/<class>/..., or any folder")
+    calibrate.add_argument(
+        "--normal",
+        required=True,
+        type=Path,
+        help="normal images: <dir>/<class>/train/good, <dir>/<class>/..., or any folder",
+    )
     rule = calibrate.add_mutually_exclusive_group()
     rule.add_argument("--quantile", type=float, help="threshold = this quantile of normal scores (default 0.99)")
     rule.add_argument("--fpr", type=float, help="target false-positive rate on normal images (= 1 - quantile)")
@@ -222,16 +265,33 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
     calibrate.set_defaults(handler=cmd_calibrate)
 
-    export = sub.add_parser("export", help="write the whole scorer as an ONNX model plus a JSON of its settings")
+    export = sub.add_parser("export", help="write the whole scorer as ONNX or OpenVINO plus a JSON of its settings")
     export.add_argument("run", help="run directory written by rlr train")
-    export.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
-    export.add_argument("--out", type=Path, help="output folder (default: RUN/onnx)")
+    export.add_argument("--format", default="onnx", choices=["onnx", "openvino"], help="export format (default onnx)")
+    export.add_argument("--out", type=Path, help="output folder (default: RUN/<format>)")
     export.set_defaults(handler=cmd_export)
 
-    serve = sub.add_parser("serve", help="local web page: drop an image, see its heatmap, score and decision")
+    serve = sub.add_parser("serve", help="HTTP API (POST /predict, /docs) and a page: drop an image, see its heatmap")
     serve.add_argument("run", help="run directory written by rlr train")
-    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; any other needs a token)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument(
+        "--token",
+        help="API token every request must carry (default: $RLR_SERVE_TOKEN; "
+        "prefer the variable: arguments are visible to other users)",
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted request body (default 20)")
+    serve.add_argument("--max-megapixels", type=float, default=32.0, help="largest accepted image (default 32)")
+    serve.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds a request may take, queue included (default 60)"
+    )
+    serve.add_argument(
+        "--queue", type=int, default=64, help="requests waiting or scoring at most; more get 503 (default 64)"
+    )
     serve.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
     serve.set_defaults(handler=cmd_serve)
 
@@ -240,15 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlr", description="Unified multi-class anomaly detection (RLR).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train on a dataset; extra --section.key value pairs override the config")
-    train.add_argument("--config", help="YAML config (default: built-in defaults, the paper's settings)")
+    train = sub.add_parser(
+        "train",
+        help="train on a dataset; extra --section.key value pairs override the config",
+        epilog="config keys: `rlr config show [--config F]` lists every key with its value and meaning; "
+        "override any of them as --section.key value",
+    )
+    train.add_argument("--config", help="YAML config (default: the small CPU recipe on a CPU, the paper's on a GPU)")
     train.add_argument("--run-dir", type=Path, help="where to write the run (default: output_dir/name)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in that folder")
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last complete epoch")
     train.set_defaults(handler=cmd_train)
 
     test = sub.add_parser("test", help="evaluate a trained run on its test sets")
-    test.add_argument("--run", required=True, help="run directory written by rlr train")
+    test.add_argument("run", nargs="?", help="run directory written by rlr train")
+    test.add_argument("--run", dest="run_option", metavar="RUN", help="the same, as an option (older form)")
     test.add_argument("--device", help="override the run's device (cpu, cuda, ...)")
     test.set_defaults(handler=cmd_test)
 
@@ -258,17 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="summarise a dataset and list every problem found")
-    check.add_argument("root", help="dataset root (MVTec AD layout, or the raw VisA release with split_csv/1cls.csv)")
+    check.add_argument(
+        "root",
+        help="dataset root (MVTec AD layout, the raw VisA release with split_csv/1cls.csv, "
+        "or own data: <class>/good/ folders or one folder of good images)",
+    )
     check.set_defaults(handler=cmd_data_check)
     _add_inference_commands(sub)
+
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show", help="print the resolved config, each key with its meaning; extra --section.key value pairs override it"
+    )
+    show.add_argument("--config", help="YAML config (default: what rlr train uses without one)")
+    show.set_defaults(handler=cmd_config_show)
 
     figure = sub.add_parser("figure", help="rows of (image, ground truth, each run's map) for runs on the same data")
     figure.add_argument("--runs", nargs="+", required=True, type=Path, metavar="RUN", help="run folders, in order")
     figure.add_argument("--out", type=Path, default=Path("qualitative.png"), help="PNG (default qualitative.png)")
     figure.add_argument("--class", dest="class_names", nargs="+", metavar="NAME", help="only these classes")
     rows = figure.add_mutually_exclusive_group()
-    rows.add_argument("--samples", type=int, default=6,
-                      help="rows picked automatically: defective images the runs disagree on most (default 6)")
+    rows.add_argument(
+        "--samples",
+        type=int,
+        default=6,
+        help="rows picked automatically: defective images the runs disagree on most (default 6)",
+    )
     rows.add_argument("--images", nargs="+", type=Path, metavar="PATH", help="these test images instead, in order")
     figure.add_argument("--device", help="cpu, cuda, ... (default: each run's setting)")
     figure.set_defaults(handler=cmd_figure)
@@ -282,10 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--format", default="mvtec", choices=("mvtec", "visa"), help="dataset layout (default mvtec)")
     ablate.add_argument("--out", type=Path, help="study folder (default runs/ablate)")
     ablate.add_argument("--config", type=Path, help="base config of fusion/refs/recipe (default: the small CPU preset)")
-    ablate.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                        help="recipe: train every variant once per seed (default: the config's seed)")
-    ablate.add_argument("--variants", metavar="SLUG,...",
-                        help="recipe: only these, e.g. paper,top1 (default: all; the table shows all run so far)")
+    ablate.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="recipe: train every variant once per seed (default: the config's seed)",
+    )
+    ablate.add_argument(
+        "--variants",
+        metavar="SLUG,...",
+        help="recipe: only these, e.g. paper,top1 (default: all; the table shows all run so far)",
+    )
     ablate.add_argument("--rlr-config", type=Path, help="methods: RLR's config (default: the rlr_cpu preset)")
     ablate.add_argument("--uniad-config", type=Path, help="methods: UniAD's config (default: the uniad_cpu preset)")
     ablate.add_argument("--overwrite", action="store_true", help="retrain variants whose folder holds another run")

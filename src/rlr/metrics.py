@@ -166,9 +166,7 @@ def _scores(x: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating):
         bad = x.size - np.count_nonzero(np.isfinite(x))
         if bad:
-            raise ValueError(
-                f"{name} contains {bad} non-finite value(s) (NaN or inf) out of {x.size}"
-            )
+            raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf) out of {x.size}")
     return x
 
 
@@ -234,9 +232,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float 
     return _pixel_metrics(maps, masks, ("AUPRO",), fpr_limit)["AUPRO"]
 
 
-def _image_metrics(
-    scores: np.ndarray, labels: np.ndarray, wanted: Sequence[str]
-) -> dict[str, float | None]:
+def _image_metrics(scores: np.ndarray, labels: np.ndarray, wanted: Sequence[str]) -> dict[str, float | None]:
     """Image metrics; all None unless both classes occur (a one-class split measures nothing)."""
     scores = _scores(scores, "image_scores")
     if scores.ndim != 1:
@@ -302,9 +298,7 @@ def compute_metrics(
         if masks is None:
             raise ValueError("masks are required when maps are given")
         if image_wanted and np.shape(maps)[:1] != np.shape(image_scores)[:1]:
-            raise ValueError(
-                f"maps hold {np.shape(maps)[:1]} images, image_scores {np.shape(image_scores)[:1]}"
-            )
+            raise ValueError(f"maps hold {np.shape(maps)[:1]} images, image_scores {np.shape(image_scores)[:1]}")
         results.update(_pixel_metrics(maps, masks, pixel_wanted, pro_fpr_limit))
     out = {name: results.get(name) for name in wanted}
     out["mAD"] = _mean_defined(list(out.values()))

@@ -1,6 +1,7 @@
 """`rlr data check ROOT`: decode a whole dataset and report every problem at once.
 
-ROOT is read as the raw VisA release when it holds VisA's split csv, else in the MVTec AD layout.
+ROOT is read as the raw VisA release when it holds VisA's split csv, as own data when it holds
+images or `<class>/good/` folders (the folder format), else in the MVTec AD layout.
 
 Unlike discovery, which stops at the first problem, the check walks everything, so one run
 tells a user all that must be fixed. Problems (unreadable files, missing or misaligned masks)
@@ -15,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlr.data.folder import GOOD, is_class_folders, scan_class_folders
 from rlr.data.mvtec import find_classes, scan_mvtec
-from rlr.data.split import DatasetSplit, list_entries, list_images
+from rlr.data.split import DatasetSplit, is_image_file, list_entries, list_images
 from rlr.data.transforms import read_image, read_mask, to_tensor
 from rlr.data.types import NORMAL, ImageRecord
 from rlr.data.visa import DATA_FOLDERS, SPLIT_CSV, discover_visa, is_visa
@@ -120,6 +122,15 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> CheckR
         if is_visa(root):
             split = discover_visa(root, on_problem=found.append)
             ignored = _unlisted_visa(split)
+        elif root.is_dir() and is_class_folders(root):
+            split = scan_class_folders(root, on_problem=found.append)
+            entries = list_entries(root)
+            one_class = any(is_image_file(entry) for entry in entries)  # its folders are problems
+            ignored = [
+                f"{entry}: folder is not a class (no {GOOD}/ inside); ignored"
+                for entry in entries
+                if not one_class and entry.is_dir() and entry.name not in split.class_names
+            ]
         else:
             split = scan_mvtec(root, on_problem=found.append)
             classes = find_classes(root)
@@ -154,9 +165,7 @@ def check_dataset(root: str | os.PathLike, workers: int | None = None) -> CheckR
                 coverages.setdefault((record.class_name, defect), []).append(inspection.coverage)
             if inspection.coverage == 0.0:
                 class_stats.empty_masks.append(str(record.mask_path))
-                report.warnings.append(
-                    f"{record.mask_path}: empty mask (all zero) of a '{defect}' defect image"
-                )
+                report.warnings.append(f"{record.mask_path}: empty mask (all zero) of a '{defect}' defect image")
     for (name, defect), values in coverages.items():
         stats[name].mask_coverage[defect] = sum(values) / len(values)
     for name in split.class_names:

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rlr.errors import ConfigError
+from rlr.paths import cache_root
 
 GENERATOR_VERSION = 1
 INFO_NAME = "DEMO_INFO.json"
@@ -42,15 +43,9 @@ class _ClassSpec:
 
 
 _CLASSES: dict[str, _ClassSpec] = {
-    "brick": _ClassSpec(
-        "brick", ("scratch", "hole", "contamination"), ((0.22, 0.09, 0.05), (0.95, 0.68, 0.55))
-    ),
-    "grass": _ClassSpec(
-        "grass", ("hole", "contamination", "stain"), ((0.05, 0.14, 0.03), (0.72, 0.9, 0.45))
-    ),
-    "gravel": _ClassSpec(
-        "gravel", ("scratch", "stain", "contamination"), ((0.1, 0.1, 0.11), (0.93, 0.9, 0.84))
-    ),
+    "brick": _ClassSpec("brick", ("scratch", "hole", "contamination"), ((0.22, 0.09, 0.05), (0.95, 0.68, 0.55))),
+    "grass": _ClassSpec("grass", ("hole", "contamination", "stain"), ((0.05, 0.14, 0.03), (0.72, 0.9, 0.45))),
+    "gravel": _ClassSpec("gravel", ("scratch", "stain", "contamination"), ((0.1, 0.1, 0.11), (0.93, 0.9, 0.84))),
     "tissue": _ClassSpec("immunohistochemistry", ("stain", "hole", "scratch"), crop=(0.45, 0.6)),
 }
 _FOREIGN_PHOTOS = ("chelsea", "coffee", "rocket")  # extra sources for contamination texture
@@ -65,7 +60,7 @@ _SPLITS = ("train", "good") + DEMO_DEFECT_KINDS  # position = stream id in the s
 # Source photographs and normal images
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str, tint: tuple[_Rgb, _Rgb] | None = None) -> Image.Image:
     """Load a scikit-image photo as RGB once; gray photos are coloured by a linear tint."""
     import skimage.data
@@ -78,9 +73,7 @@ def _photo(name: str, tint: tuple[_Rgb, _Rgb] | None = None) -> Image.Image:
     return Image.fromarray(pixels[..., :3], "RGB")
 
 
-def _random_crop(
-    rng: np.random.Generator, photo: Image.Image, size: int, frac: tuple[float, float]
-) -> np.ndarray:
+def _random_crop(rng: np.random.Generator, photo: Image.Image, size: int, frac: tuple[float, float]) -> np.ndarray:
     """Resample a random square window of `photo` to size x size; float32 RGB in [0, 1]."""
     side = rng.uniform(*frac) * min(photo.size)
     x0 = rng.uniform(0, photo.width - side)
@@ -117,8 +110,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 # Shapes: smooth noise, irregular blobs, curved lines
 
 
-def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int = 3,
-                  octaves: int = 4) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int = 3, octaves: int = 4) -> np.ndarray:
     """Value noise: random grids of doubling resolution, cubic-upsampled and summed; in [0, 1]."""
     total = np.zeros(shape, np.float64)
     for octave in range(octaves):
@@ -197,9 +189,7 @@ def _hole(rng: np.random.Generator, clean: np.ndarray, size: int, _: str) -> _Ch
     return region, clean * (1 - alpha) + depth * alpha
 
 
-def _contamination(
-    rng: np.random.Generator, clean: np.ndarray, size: int, class_name: str
-) -> _Change:
+def _contamination(rng: np.random.Generator, clean: np.ndarray, size: int, class_name: str) -> _Change:
     """A foreign body: texture from another photograph inside a ragged region."""
     region = _blob(rng, size, (0.01, 0.04))
     others = [c for c in DEMO_CLASSES if c != class_name]
@@ -237,14 +227,14 @@ def _rng(seed: int, class_name: str, split: str, index: int) -> np.random.Genera
     return np.random.default_rng(key)
 
 
-def make_normal(class_name: str, split: str, index: int, seed: int = 0,
-                image_size: int = 256) -> np.ndarray:
+def make_normal(class_name: str, split: str, index: int, seed: int = 0, image_size: int = 256) -> np.ndarray:
     """The defect-free image `index` of `split` ("train" or "good"); uint8 (H, W, 3)."""
     return _normal_image(_rng(seed, class_name, split, index), class_name, image_size)
 
 
-def make_defect(class_name: str, kind: str, index: int, seed: int = 0,
-                image_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_defect(
+    class_name: str, kind: str, index: int, seed: int = 0, image_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clean, defective, mask) for one defect sample; mask is True exactly where pixels differ.
 
     The defect is drawn again until at least one pixel changes after rounding, so a mask is
@@ -276,8 +266,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 def _write_class(folder: Path, class_name: str, seed: int, sizes: dict[str, int]) -> None:
     """Write one class's train/good, test/good, test/<kind> and ground_truth/<kind> files."""
     size = sizes["image_size"]
-    for split, sub, count in (("train", "train/good", sizes["n_train"]),
-                              ("good", "test/good", sizes["n_test_good"])):
+    for split, sub, count in (("train", "train/good", sizes["n_train"]), ("good", "test/good", sizes["n_test_good"])):
         for i in range(count):
             _save_png(make_normal(class_name, split, i, seed, size), folder / sub / f"{i:03d}.png")
     for kind in DEMO_DEFECTS_BY_CLASS[class_name]:
@@ -328,15 +317,17 @@ def _install(tmp: Path, root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def generate_demo(root: Path, seed: int = 0, image_size: int = 256, n_train: int = 40,
-                  n_test_good: int = 10, n_test_defect: int = 5) -> Path:
+def generate_demo(
+    root: Path, seed: int = 0, image_size: int = 256, n_train: int = 40, n_test_good: int = 10, n_test_defect: int = 5
+) -> Path:
     """Write the demo set in MVTec AD layout to `root` and return `root`.
 
     Everything is built in a hidden sibling folder and renamed into place after DEMO_INFO.json,
     so an interrupted run never leaves a folder that looks complete.
     """
-    sizes = _check_sizes(seed, {"image_size": image_size, "n_train": n_train,
-                                "n_test_good": n_test_good, "n_test_defect": n_test_defect})
+    sizes = _check_sizes(
+        seed, {"image_size": image_size, "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect}
+    )
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp.", dir=root.parent))
@@ -349,12 +340,6 @@ def generate_demo(root: Path, seed: int = 0, image_size: int = 256, n_train: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
-
-
-def _default_cache_dir() -> Path:
-    """$RLR_CACHE_DIR/demo when set (CI, shared machines), else ~/.cache/rlr/demo."""
-    env = os.environ.get("RLR_CACHE_DIR")
-    return Path(env) / "demo" if env else Path.home() / ".cache" / "rlr" / "demo"
 
 
 def _is_complete(folder: Path, expected: dict) -> bool:
@@ -372,9 +357,11 @@ def ensure_demo(cache_dir: Path | None = None, seed: int = 0, **sizes: int) -> P
     pick up stale files. `sizes` are generate_demo's keyword arguments (image_size, n_train, ...).
     """
     full = _check_sizes(seed, sizes)
-    name = (f"v{GENERATOR_VERSION}-seed{seed}-{full['image_size']}px-train{full['n_train']}"
-            f"-good{full['n_test_good']}-defect{full['n_test_defect']}")
-    folder = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    name = (
+        f"v{GENERATOR_VERSION}-seed{seed}-{full['image_size']}px-train{full['n_train']}"
+        f"-good{full['n_test_good']}-defect{full['n_test_defect']}"
+    )
+    folder = Path(cache_dir) if cache_dir is not None else cache_root() / "demo"
     folder = folder / name
     if not _is_complete(folder, _info(seed, full)):
         generate_demo(folder, seed, **full)

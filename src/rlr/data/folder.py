@@ -1,6 +1,11 @@
 """Discover a user's own data laid out as plain folders (listing only; nothing is decoded).
 
-One class: a folder of normal training images, and optionally folders of normal and abnormal
+Several classes (`data.root`): each sub-folder of the root is a class, named after it, holding
+`good/` (normal images), any number of defect folders `<defect>/` (abnormal images, the folder
+name is the defect type) and optionally `masks/`, either flat or one sub-folder per defect type.
+A root that holds images itself is one class of good images, named after the root.
+
+One class from explicit folders (`data.train_dir`, ...): a folder of normal training images, and optionally folders of normal and abnormal
 test images and a folder of masks. A mask belongs to the abnormal image with the same stem,
 named `<stem>.<ext>` or `<stem>_mask.<ext>` (any image extension). Abnormal images may lack a
 mask: their record has `mask_path=None`, the dataset returns an all-zero mask, and only the
@@ -13,7 +18,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rlr.data.split import DatasetSplit, MaskIndex, list_images
+from rlr.data.split import (
+    DatasetSplit,
+    MaskIndex,
+    ProblemHandler,
+    is_image_file,
+    link_problem,
+    list_entries,
+    list_images,
+    raise_problem,
+    select_classes,
+)
 from rlr.data.types import ANOMALOUS, NORMAL, ImageRecord
 from rlr.errors import DataError
 
@@ -65,10 +80,7 @@ def discover_folder(
         if first != role:
             raise DataError(f"{folder}: given both for {first} and for {role}")
 
-    train = [
-        ImageRecord(path, class_name, NORMAL)
-        for path in _images(folders["training images"], "training images")
-    ]
+    train = [ImageRecord(path, class_name, NORMAL) for path in _images(folders["training images"], "training images")]
     test: list[ImageRecord] = []
     if "normal test images" in folders:
         test += [
@@ -83,3 +95,86 @@ def discover_folder(
         ]
     root = Path(os.path.commonpath([folder.absolute() for folder in folders.values()]))
     return DatasetSplit(root=root, class_names=[class_name], train=train, test={class_name: test})
+
+
+GOOD = "good"
+MASKS = "masks"
+_LAYOUT = f"<class>/{GOOD}/, optional <class>/<defect>/ and <class>/{MASKS}/"
+
+
+def is_class_folders(root: Path) -> bool:
+    """Whether `root` looks like own data: images directly inside, or a sub-folder with `good/`."""
+    entries = list_entries(root, lambda _: None)
+    return any(is_image_file(e) for e in entries) or any((e / GOOD).is_dir() for e in entries)
+
+
+def find_folder_classes(root: str | os.PathLike) -> list[str]:
+    """Class names of own data at `root`: its sub-folders holding `good/`, or root's own name for
+    the one-class form (a folder of good images)."""
+    root = _folder(root, "data.root")
+    entries = list_entries(root)
+    if any(is_image_file(entry) for entry in entries):
+        return [root.name]
+    names = [entry.name for entry in entries if (entry / GOOD).is_dir()]
+    if not names:
+        raise DataError(f"{root}: no classes found (expected images, or {_LAYOUT})")
+    return names
+
+
+def _mask_indexes(class_dir: Path, on_problem: ProblemHandler) -> dict[str | None, MaskIndex]:
+    """`masks/` holds either every defect's masks (key None) or one sub-folder per defect type."""
+    folder = class_dir / MASKS
+    if not folder.is_dir():
+        return {}
+    entries = list_entries(folder, on_problem)
+    if any(entry.is_dir() for entry in entries):
+        return {e.name: MaskIndex(e, MASK_SUFFIXES, on_problem) for e in entries if e.is_dir()}
+    return {None: MaskIndex(folder, MASK_SUFFIXES, on_problem)}
+
+
+def _scan_class(class_dir: Path, on_problem: ProblemHandler) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """One class folder's training normals and abnormal test images."""
+    name = class_dir.name
+    train = [ImageRecord(path, name, NORMAL) for path in list_images(class_dir / GOOD, on_problem)]
+    if not train:
+        on_problem(DataError(f"{class_dir / GOOD}: empty class '{name}' (no good images)"))
+    masks = _mask_indexes(class_dir, on_problem)
+    test: list[ImageRecord] = []
+    owners: dict[Path, Path] = {}
+    for entry in list_entries(class_dir, on_problem):
+        if entry.name in (GOOD, MASKS):
+            continue
+        if not entry.is_dir():
+            problem = link_problem(entry) or f"unexpected file (expected {_LAYOUT})"
+            on_problem(DataError(f"{entry}: {problem}"))
+            continue
+        index = masks.get(entry.name, masks.get(None))
+        for image in list_images(entry, on_problem):
+            mask = index.find(image, on_problem) if index else None
+            if mask is not None and owners.setdefault(mask, image) != image:
+                on_problem(
+                    DataError(f"{mask}: mask of both {owners[mask]} and {image} (put masks in {MASKS}/<defect>/)")
+                )
+            test.append(ImageRecord(image, name, ANOMALOUS, entry.name, mask))
+    return train, test
+
+
+def scan_class_folders(
+    root: str | os.PathLike,
+    classes: list[str] | str | None = None,
+    on_problem: ProblemHandler = raise_problem,
+) -> DatasetSplit:
+    """List own data, one sub-folder per class (or one folder of good images), sending each
+    problem inside a class to `on_problem`; there are no test normals (see hold_out_normals)."""
+    root = Path(root)
+    available = find_folder_classes(root)
+    names = select_classes(root, available, classes)
+    if available == [root.name]:
+        train = [ImageRecord(path, root.name, NORMAL) for path in list_images(root, on_problem)]
+        return DatasetSplit(root=root, class_names=names, train=train, test={root.name: []})
+    train: list[ImageRecord] = []
+    test: dict[str, list[ImageRecord]] = {}
+    for name in names:
+        class_train, test[name] = _scan_class(root / name, on_problem)
+        train += class_train
+    return DatasetSplit(root=root, class_names=names, train=train, test=test)

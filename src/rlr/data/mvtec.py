@@ -35,15 +35,9 @@ def find_classes(root: str | os.PathLike) -> list[str]:
         raise DataError(f"{root}: dataset root not found")
     if not root.is_dir():
         raise DataError(f"{root}: dataset root is not a folder")
-    names = [
-        entry.name
-        for entry in list_entries(root)
-        if (entry / "train").is_dir() or (entry / "test").is_dir()
-    ]
+    names = [entry.name for entry in list_entries(root) if (entry / "train").is_dir() or (entry / "test").is_dir()]
     if not names:
-        raise DataError(
-            f"{root}: no classes found (expected <class>/train/good/ and <class>/test/<type>/)"
-        )
+        raise DataError(f"{root}: no classes found (expected <class>/train/good/ and <class>/test/<type>/)")
     return names
 
 
@@ -77,8 +71,7 @@ def _scan_test(class_dir: Path, on_problem: ProblemHandler) -> list[ImageRecord]
             continue
         masks = MaskIndex(class_dir / "ground_truth" / defect, MASK_SUFFIXES, on_problem)
         records += [
-            ImageRecord(path, class_dir.name, ANOMALOUS, defect, masks.find(path, on_problem, True))
-            for path in images
+            ImageRecord(path, class_dir.name, ANOMALOUS, defect, masks.find(path, on_problem, True)) for path in images
         ]
     return records
 
@@ -103,9 +96,7 @@ def scan_mvtec(
     return DatasetSplit(root=root, class_names=names, train=train, test=test)
 
 
-def discover_mvtec(
-    root: str | os.PathLike, classes: list[str] | str | None = None
-) -> DatasetSplit:
+def discover_mvtec(root: str | os.PathLike, classes: list[str] | str | None = None) -> DatasetSplit:
     """List an MVTec AD style dataset; DataError at the first problem.
 
     `classes` selects a subset (in the order given; one name may be passed as a str); by

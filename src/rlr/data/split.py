@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rlr.data.transforms import NOT_REGULAR
 from rlr.data.types import ImageRecord
 from rlr.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# Every extension read as an image (README lists them); the content, not the name, decides the format.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 _OS_METADATA = frozenset({"thumbs.db", "desktop.ini"})  # written by file browsers, not by users
 
 ProblemHandler = Callable[[DataError], None]
@@ -37,9 +39,7 @@ class DatasetSplit:
     test: dict[str, list[ImageRecord]]
 
 
-def select_classes(
-    source: Path, available: list[str], classes: list[str] | str | None
-) -> list[str]:
+def select_classes(source: Path, available: list[str], classes: list[str] | str | None) -> list[str]:
     """The requested classes in the order given (all `available` for None); DataError naming
     `source` (where the classes were found) for an unknown one, since guessing would train on
     the wrong data.
@@ -51,9 +51,7 @@ def select_classes(
         raise DataError(f"{source}: no classes requested")
     unknown = [name for name in requested if name not in available]
     if unknown:
-        raise DataError(
-            f"{source}: unknown class(es) {', '.join(unknown)}; available: {', '.join(available)}"
-        )
+        raise DataError(f"{source}: unknown class(es) {', '.join(unknown)}; available: {', '.join(available)}")
     return requested
 
 
@@ -104,6 +102,8 @@ def list_images(folder: Path, on_problem: ProblemHandler = raise_problem) -> lis
             on_problem(DataError(f"{entry}: {problem}"))
         elif entry.is_dir():
             on_problem(DataError(f"{entry}: unexpected folder inside an image folder"))
+        elif not entry.is_file():  # hashing or decoding a pipe would wait for a writer forever
+            on_problem(DataError(f"{entry}: {NOT_REGULAR}"))
         elif not is_image_file(entry):
             expected = ", ".join(sorted(IMAGE_EXTENSIONS))
             on_problem(DataError(f"{entry}: not an image file (extension not one of {expected})"))
@@ -119,18 +119,14 @@ class MaskIndex:
     `suffixes`; more than one match is a problem, since picking one would be a guess.
     """
 
-    def __init__(
-        self, folder: Path, suffixes: tuple[str, ...], on_problem: ProblemHandler = raise_problem
-    ) -> None:
+    def __init__(self, folder: Path, suffixes: tuple[str, ...], on_problem: ProblemHandler = raise_problem) -> None:
         self.folder = folder
         self.suffixes = suffixes
         self._by_stem: dict[str, list[Path]] = {}
         for mask in list_images(folder, on_problem) if folder.is_dir() else []:
             self._by_stem.setdefault(mask.stem, []).append(mask)
 
-    def find(
-        self, image: Path, on_problem: ProblemHandler = raise_problem, required: bool = False
-    ) -> Path | None:
+    def find(self, image: Path, on_problem: ProblemHandler = raise_problem, required: bool = False) -> Path | None:
         """The mask of `image`, or None; several matches, or none where `required`, are reported."""
         matches = [m for s in self.suffixes for m in self._by_stem.get(image.stem + s, [])]
         if len(matches) > 1:

@@ -43,7 +43,9 @@ _UINT16_MAX = float(np.iinfo(np.uint16).max)
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 # Leading bytes of common formats: a file that starts like an image but that Pillow cannot
 # identify has a broken header, which is worth telling apart from a file of another kind.
-_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF8", b"II*\x00", b"MM\x00*")
+#: Why a pipe, socket or device is refused before it is opened (opening a pipe blocks).
+NOT_REGULAR = "not a regular file (a pipe, socket or device)"
 
 
 def _looks_like_image(head: bytes) -> bool:
@@ -75,7 +77,7 @@ def _open_file(path: Path) -> BinaryIO:
         if stat.S_ISDIR(mode):
             raise DataError(f"{path}: is a folder, not an image file")
         if not stat.S_ISREG(mode):
-            raise DataError(f"{path}: not a regular file (a pipe, socket or device)")
+            raise DataError(f"{path}: {NOT_REGULAR}")
         return open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -200,9 +202,7 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size must be a positive int, got {size!r}")
 
 
-def load_image(
-    path: str | os.PathLike, size: int, max_pixels: int | None = None
-) -> torch.Tensor:
+def load_image(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> torch.Tensor:
     """Read any image file as float32 (3, size, size) in [0, 1].
 
     Any PIL mode is accepted (see `to_tensor`; alpha is dropped, not composited; CMYK uses
@@ -244,9 +244,7 @@ def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndar
     return (np.asarray(rgb) > 0).any(axis=2)
 
 
-def load_mask(
-    path: str | os.PathLike, size: int, expected_size: tuple[int, int] | None = None
-) -> torch.Tensor:
+def load_mask(path: str | os.PathLike, size: int, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Read a mask as float32 (1, size, size) in {0, 1}: binarised at > 0, resized nearest.
 
     `expected_size` is the image's own (width, height); a mask drawn at another size cannot be
@@ -257,8 +255,7 @@ def load_mask(
     height, width = mask.shape
     if expected_size is not None and (width, height) != tuple(expected_size):
         raise DataError(
-            f"{path}: mask size {width}x{height} differs from its image's size "
-            f"{expected_size[0]}x{expected_size[1]}"
+            f"{path}: mask size {width}x{height} differs from its image's size {expected_size[0]}x{expected_size[1]}"
         )
     tensor = torch.from_numpy(mask).float()[None, None]
     if (height, width) != (size, size):

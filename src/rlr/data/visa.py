@@ -24,6 +24,7 @@ from rlr.data.split import (
     raise_problem,
     select_classes,
 )
+from rlr.data.transforms import NOT_REGULAR
 from rlr.data.types import ANOMALOUS, NORMAL, ImageRecord
 from rlr.errors import DataError
 
@@ -120,7 +121,7 @@ def _listed_file(root: Path, relative: str, where: str, on_problem: ProblemHandl
         if not path.exists():
             problem = "file not found"
         elif not path.is_file():
-            problem = "not a file"
+            problem = "is a folder, not an image file" if path.is_dir() else NOT_REGULAR
         elif not is_image_file(path):
             expected = ", ".join(sorted(IMAGE_EXTENSIONS))
             problem = f"not an image file (extension not one of {expected})"

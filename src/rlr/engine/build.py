@@ -8,10 +8,12 @@ from typing import Sequence
 import torch
 
 from rlr.config import RunConfig
-from rlr.data.folder import discover_folder
+from rlr.data.folder import discover_folder, scan_class_folders
+from rlr.data.holdout import hold_out_normals
 from rlr.data.mvtec import discover_mvtec
-from rlr.data.visa import discover_visa
+from rlr.data.split import DatasetSplit
 from rlr.data.types import ImageRecord
+from rlr.data.visa import discover_visa
 from rlr.errors import ConfigError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.cache import FeatureCache, default_cache_dir, extractor_key
@@ -31,12 +33,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_split(config: RunConfig):
-    """The unified training set and the per-class test sets the config names."""
+def build_split(config: RunConfig) -> DatasetSplit:
+    """The unified training set and the per-class test sets the config names, with
+    data.normal_test_ratio of the good images held out where a class has no test normals."""
     data = config.data
-    if data.format == "folder":
-        if not data.train_dir:
-            raise ConfigError("data.format=folder needs data.train_dir")
+    return hold_out_normals(_discover(config), data.normal_test_ratio, data.split_seed)
+
+
+def _discover(config: RunConfig) -> DatasetSplit:
+    data = config.data
+    if data.format == "folder" and data.train_dir:
         return discover_folder(
             data.train_dir,
             data.test_normal_dir or None,
@@ -45,7 +51,11 @@ def build_split(config: RunConfig):
             class_name=config.name,
         )
     if not data.root:
+        if data.format == "folder":
+            raise ConfigError("data.format=folder needs data.root (class folders) or data.train_dir")
         raise ConfigError("data.root is empty: point it at a dataset (or run `rlr demo`)")
+    if data.format == "folder":
+        return scan_class_folders(data.root, data.classes)
     if data.format == "visa":
         return discover_visa(data.root, data.classes)
     return discover_mvtec(data.root, data.classes)
@@ -104,9 +114,7 @@ def scoring_rule(config: RunConfig) -> ScoringRule:
     )
 
 
-def build_model(
-    config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]
-) -> Reconstructor:
+def build_model(config: RunConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> Reconstructor:
     """The registered model the config's model section names, for these backbone maps."""
     try:
         return create_model(config.model, channels, map_sizes)

@@ -1,8 +1,11 @@
-"""Test a trained run: per-class anomaly maps, image scores and metrics, written into the run."""
+"""Test a trained run: per-class anomaly maps, image scores and metrics, returned as results.
+
+Nothing here writes files: `rlr.api.evaluate` hands the results to the report package.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -24,24 +27,11 @@ from rlr.engine.build import (
     scoring_rule,
 )
 from rlr.engine.checkpoint import ensure_same_config, load_checkpoint, load_model_state
-from rlr.engine.train import CHECKPOINT_NAME
-from rlr.errors import CheckpointError, RlrError
-from rlr.metrics import compute_metrics, mean_over_classes
-from rlr.report.failures import write_failures
-from rlr.report.html import write_html_report
-from rlr.report.tables import write_metric_tables, write_scores
+from rlr.engine.runs import CHECKPOINT_NAME
+from rlr.errors import CheckpointError, RlrError, one_line
+from rlr.metrics import compute_metrics
+from rlr.results import ClassResult
 from rlr.scoring import ScoringRule
-
-
-@dataclass
-class ClassResult:
-    """Everything the test produced for one class: kept in memory for reports and figures."""
-
-    records: list[ImageRecord]
-    scores: np.ndarray  # (N,) image scores
-    maps: np.ndarray  # (N, H, W) float32 pixel maps as used for pixel metrics
-    masks: np.ndarray  # (N, H, W) bool ground truth
-    metrics: dict[str, float | None]
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, nn.Module, dict]:
@@ -53,8 +43,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, nn.Module, dict]:
         spec = state["model_spec"]
         model = build_model(config, spec["channels"], [tuple(s) for s in spec["map_sizes"]])
     except (KeyError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: does not match its config ({detail})") from None
+        raise CheckpointError(f"{path}: does not match its config ({one_line(exc)})") from None
     load_model_state(model, state.get("model"), path)
     model.eval()
     return config, model, state
@@ -126,30 +115,6 @@ def test_results(
     return config, results
 
 
-def evaluate(
-    run_dir: Path,
-    device_name: str | None = None,
-    eval_config: EvalConfig | None = None,
-    out_dir: Path | None = None,
-) -> dict[str, ClassResult]:
-    """Test the run on every class's test set; writes metrics.{json,csv,md}, scores.csv, report.html, failures.md.
-
-    They go into the run, or into `out_dir`; `eval_config` scores the run with other eval settings
-    (give it an `out_dir`, so the run's own results stay those of its own settings).
-    """
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir
-    config, results = test_results(run_dir, device_name, eval_config=eval_config)
-    per_class = {name: r.metrics for name, r in results.items()}
-    mean = mean_over_classes(per_class)
-    settings = protocol(config)
-    write_metric_tables(out_dir, per_class, mean, settings)
-    write_scores(out_dir / "scores.csv", {name: (r.records, r.scores) for name, r in results.items()})
-    write_html_report(out_dir, results, mean, settings, config.data.image_size)
-    write_failures(out_dir, results)
-    return results
-
-
 def protocol(config: RunConfig) -> dict[str, object]:
     """The evaluation settings a reader needs to compare numbers, written beside every table."""
     return {
@@ -159,4 +124,13 @@ def protocol(config: RunConfig) -> dict[str, object]:
         **scoring_rule(config).describe(),
         "aupro_fpr_limit": 0.3,
         "checkpoint": "last epoch",
+        **_held_out(config),
     }
+
+
+def _held_out(config: RunConfig) -> dict[str, object]:
+    """How test normals were carved out of the good images, where they were (data.normal_test_ratio)."""
+    data = config.data
+    if data.normal_test_ratio <= 0:
+        return {}
+    return {"normal_test_ratio": data.normal_test_ratio, "split_seed": data.split_seed}

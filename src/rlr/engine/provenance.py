@@ -34,10 +34,14 @@ def git_commit() -> str | None:
 
 
 def data_fingerprint(records: Sequence[ImageRecord]) -> str:
-    """SHA-256 over every training image's class, label and content: same data, same fingerprint."""
+    """SHA-256 over every training image's class, label and content: same data, same fingerprint.
+
+    Names are hashed as the bytes on disk (undecodable bytes come back through surrogateescape).
+    """
     digest = hashlib.sha256()
     for record in sorted(records, key=lambda r: (r.class_name, str(r.image_path))):
-        digest.update(f"{record.class_name}\t{record.label}\t{file_digest(Path(record.image_path))}\n".encode())
+        line = f"{record.class_name}\t{record.label}\t{file_digest(Path(record.image_path))}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # a class folder's name need not be UTF-8
     return digest.hexdigest()
 
 

@@ -58,7 +58,7 @@ class FeatureExtractor(nn.Module):
         reductions = list(self.net.feature_info.reduction())
         return [max(reductions)] if self.merge else reductions
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":
+    def train(self, mode: bool = True) -> FeatureExtractor:
         """Stay in eval mode whatever the caller asks: batch-norm statistics are frozen."""
         return super().train(False)
 

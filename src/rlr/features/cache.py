@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,14 +18,14 @@ import torch
 
 from rlr.atomic import torch_save
 from rlr.features.weights import file_digest
+from rlr.paths import cache_root
 
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
     """`$RLR_CACHE_DIR/features`, else `~/.cache/rlr/features`."""
-    base = os.environ.get("RLR_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "rlr") / "features"
+    return cache_root() / "features"
 
 
 def extractor_key(

@@ -118,9 +118,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
     model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
-def resolve_weights(
-    model: nn.Module, backbone: str, weights_file: str | None, allow_download: bool
-) -> WeightsSource:
+def resolve_weights(model: nn.Module, backbone: str, weights_file: str | None, allow_download: bool) -> WeightsSource:
     """Put pretrained weights into `model` (created with pretrained=False) and say where they came from.
 
     `backbone` is a timm name, optionally with a weight tag (`tf_efficientnet_b6.aa_in1k`); the

@@ -10,15 +10,12 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from rlr.models.jitter import feature_jitter
-
-if TYPE_CHECKING:
-    from rlr.config import RunConfig
 
 
 class Reconstructor(nn.Module, metaclass=abc.ABCMeta):
@@ -68,10 +65,21 @@ class ModelConfig:
         return values
 
 
+class RunSettings(Protocol):
+    """The run config as a model's validator sees it (`rlr.config.RunConfig` is one).
+
+    Typed by shape, so this package never imports the config module, which imports the registry.
+    """
+
+    model: ModelConfig
+    backbone: Any
+    train: Any
+
+
 Builder = Callable[[Any, Sequence[int], Sequence[tuple[int, int]]], Reconstructor]
 
 
-def _no_checks(config: RunConfig) -> None:
+def _no_checks(config: RunSettings) -> None:
     """A model with nothing to check beyond its section's types."""
 
 
@@ -93,6 +101,6 @@ class ModelSpec:
     loss: str
     map_score: str
     image_score: str
-    validate: Callable[[RunConfig], None] = _no_checks
+    validate: Callable[[RunSettings], None] = _no_checks
     jitter: Callable[[torch.Tensor, float], torch.Tensor] = feature_jitter
     smoke_overrides: tuple[str, ...] = ()

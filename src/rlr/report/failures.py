@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 
 from rlr.atomic import write_text
 from rlr.report.figures import display_image, heatmap_grid
-
-if TYPE_CHECKING:  # evaluate imports this package; a runtime import would be circular
-    from rlr.engine.evaluate import ClassResult
+from rlr.report.tables import percent
+from rlr.results import ClassResult
 
 FAILURES_NAME = "failures.md"
 FAILURE_CLASSES = 2  # the lowest-ranked classes analysed (every ranked class when there are at most two)
@@ -106,10 +105,6 @@ def failure_grid(result: ClassResult, failures: ClassFailures, image_size: int) 
     )
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def _md_path(path: Path) -> str:
     """A path as Markdown table text: `|` would end the cell."""
     return str(path).replace("|", "\\|")
@@ -131,7 +126,7 @@ def failures_markdown(run_name: str, results: Mapping[str, ClassResult]) -> str:
         "|---:|---|" + "---:|" * len(RANK_METRICS),
     ]
     for position, name in enumerate(ranked, 1):
-        cells = " | ".join(_percent(per_class[name].get(m)) for m in RANK_METRICS)
+        cells = " | ".join(percent(per_class[name].get(m)) for m in RANK_METRICS)
         lines.append(f"| {position} | {name} | {cells} |")
     unranked = [name for name in results if name not in ranked]
     if unranked:

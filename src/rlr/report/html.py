@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -26,9 +26,8 @@ from rlr.report.failures import (
     rank_classes,
 )
 from rlr.report.figures import display_image, heatmap_grid, pick_examples, roc_curve, roc_figure
-
-if TYPE_CHECKING:  # evaluate imports this package; a runtime import would be circular
-    from rlr.engine.evaluate import ClassResult
+from rlr.report.tables import percent
+from rlr.results import ClassResult
 
 REPORT_NAME = "report.html"
 COLUMNS = METRIC_NAMES + ("mAD",)
@@ -55,10 +54,6 @@ figure { margin: 1em 0 2em; } figcaption { font-size: 0.9em; color: #444; }
 """
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def _png_tag(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -79,11 +74,11 @@ def _metrics_section(per_class: Mapping[str, Mapping[str, float | None]], mean: 
         for column in COLUMNS:
             value, reference = row.get(column), mean.get(column)
             low = value is not None and reference is not None and value < reference - LOW_MARGIN
-            cells.append(f'<td class="low">{_percent(value)}</td>' if low else f"<td>{_percent(value)}</td>")
+            cells.append(f'<td class="low">{percent(value)}</td>' if low else f"<td>{percent(value)}</td>")
         tag = '<span class="tag">worst</span>' if name in worst else ""
         css = ' class="worst"' if name in worst else ""
         rows.append(f"<tr{css}><th>{html.escape(name)}{tag}</th>{''.join(cells)}</tr>")
-    mean_cells = "".join(f"<td>{_percent(mean.get(c))}</td>" for c in COLUMNS)
+    mean_cells = "".join(f"<td>{percent(mean.get(c))}</td>" for c in COLUMNS)
     rule = (
         f"Values in percent, one decimal; n/a where a metric is undefined. Rows marked "
         f"<em>worst</em>: the {WORST_CLASSES} classes with the lowest mAD (1 when fewer than 4 "
@@ -174,7 +169,7 @@ def _failures_section(results: Mapping[str, ClassResult], image_size: int) -> st
     head = "".join(f"<th>{html.escape(m)}</th>" for m in RANK_METRICS)
     rows = []
     for position, name in enumerate(ranked, 1):
-        cells = "".join(f"<td>{_percent(per_class[name].get(m))}</td>" for m in RANK_METRICS)
+        cells = "".join(f"<td>{percent(per_class[name].get(m))}</td>" for m in RANK_METRICS)
         rows.append(f"<tr><td>{position}</td><th>{html.escape(name)}</th>{cells}</tr>")
     note = (
         f"Classes ranked by mAD, worst first. For the {FAILURE_CLASSES} lowest-ranked classes (every ranked "

@@ -33,9 +33,10 @@ from scipy.stats import rankdata
 from rlr.atomic import write_bytes
 from rlr.config import RunConfig, load_config
 from rlr.engine.build import build_split
-from rlr.engine.evaluate import ClassResult, test_results
+from rlr.engine.evaluate import test_results
 from rlr.errors import RlrError
 from rlr.report.figures import DPI, PANEL_INCHES, _png, clear_ticks, display_image, show_mask, show_overlay
+from rlr.results import ClassResult
 
 DEFAULT_SAMPLES = 6
 NORMAL_PERCENTILE = 99.0
@@ -258,6 +259,4 @@ def write_qualitative(
     size = tested[0][0].data.image_size
     figure_rows = [_row(name, index, [per_class[name] for per_class in results], size) for name, index, _ in rows]
     write_bytes(out, qualitative_figure(figure_rows, run_labels(run_dirs, [config for config, _ in tested])))
-    return [
-        Pick(name, index, results[0][name].records[index].image_path, spread) for name, index, spread in rows
-    ]
+    return [Pick(name, index, results[0][name].records[index].image_path, spread) for name, index, spread in rows]

@@ -22,17 +22,16 @@ def _columns(per_class: Mapping[str, Row]) -> list[str]:
     return list(first.keys())
 
 
-def _cell(value: float | None, percent: bool) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.1f}" if percent else f"{value:.4f}"
+def percent(value: float | None) -> str:
+    """A metric fraction as a percentage with one decimal, as every table shows it; 'n/a' when undefined."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def format_table(per_class: Mapping[str, Row], mean: Row, markdown: bool = False) -> str:
     """Classes as rows, metrics as columns, values in percent; the mean is the last row."""
     columns = _columns(per_class)
-    rows = [[name] + [_cell(r.get(c), True) for c in columns] for name, r in per_class.items()]
-    rows.append([MEAN_ROW] + [_cell(mean.get(c), True) for c in columns])
+    rows = [[name] + [percent(r.get(c)) for c in columns] for name, r in per_class.items()]
+    rows.append([MEAN_ROW] + [percent(mean.get(c)) for c in columns])
     header = ["class"] + columns
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
@@ -47,9 +46,7 @@ def format_table(per_class: Mapping[str, Row], mean: Row, markdown: bool = False
     return "\n".join([fmt(header), rule] + [fmt(r) for r in rows[:-1]] + [rule, fmt(rows[-1])]) + "\n"
 
 
-def write_metric_tables(
-    run_dir: Path, per_class: Mapping[str, Row], mean: Row, protocol: Mapping[str, object]
-) -> None:
+def write_metric_tables(run_dir: Path, per_class: Mapping[str, Row], mean: Row, protocol: Mapping[str, object]) -> None:
     """metrics.json (fractions, null when undefined), metrics.csv and metrics.md (percent)."""
     payload = {"per_class": dict(per_class), "mean": dict(mean), "protocol": dict(protocol)}
     write_text(run_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
@@ -73,5 +70,7 @@ def write_scores(path: Path, per_class: Mapping[str, tuple[Sequence[ImageRecord]
     writer.writerow(["class", "defect_type", "label", "score", "path"])
     for class_name, (records, scores) in per_class.items():
         for record, score in zip(records, scores):
-            writer.writerow([class_name, record.defect_type, record.label, f"{float(score):.6f}", str(record.image_path)])
+            writer.writerow(
+                [class_name, record.defect_type, record.label, f"{float(score):.6f}", str(record.image_path)]
+            )
     write_text(path, buffer.getvalue())

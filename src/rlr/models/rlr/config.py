@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, cast
+from typing import Sequence, cast
 
 from rlr.errors import ConfigError
-from rlr.models.base import ModelConfig
+from rlr.models.base import ModelConfig, RunSettings
 from rlr.models.rlr.network import INITS, RLR
-from rlr.validation import check_choice, check_per_level, check_range
-
-if TYPE_CHECKING:
-    from rlr.config import RunConfig
+from rlr.validation import check_attention, check_choice, check_per_level, check_range, check_window
 
 FUSIONS = ("alpha", "theta")
 
@@ -34,12 +31,15 @@ class RLRConfig(ModelConfig):
     diversity_weight: float = 1.0  # weight of the mean pairwise cosine between references (K > 1)
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: RunSettings) -> None:
     """RLR's keys, and the run settings they must agree with (the backbone's levels, the trainer's stepping)."""
     m, backbone = cast(RLRConfig, config.model), config.backbone
     check_per_level("model.hidden_dims", m.hidden_dims, backbone.merge, backbone.out_indices)
     if m.windows is not None:
         check_per_level("model.windows", m.windows, backbone.merge, backbone.out_indices)
+        for window in m.windows:
+            check_window("model.windows", window)
+    check_attention(m)
     check_choice("model.fusion", m.fusion, FUSIONS)
     check_choice("model.init", m.init, INITS)
     check_range("model.input_dropout", m.input_dropout, 0.0, 1.0, high_open=True)
@@ -48,7 +48,9 @@ def validate(config: RunConfig) -> None:
     if m.num_references < 1:
         raise ConfigError("model.num_references must be at least 1")
     if config.train.release_stepping and m.num_references > 1:
-        raise ConfigError("train.release_stepping reproduces the release, which has one reference: set model.num_references=1")
+        raise ConfigError(
+            "train.release_stepping reproduces the release, which has one reference: set model.num_references=1"
+        )
 
 
 def build(m: RLRConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> RLR:

@@ -159,7 +159,7 @@ class LevelReconstructor(nn.Module):
         return out.transpose(1, 2).reshape(batch, channels, height, width)
 
 
-def release_init(level: "LevelReconstructor") -> None:
+def release_init(level: LevelReconstructor) -> None:
     """The authors' release initialisation, which nn.Linear's defaults do not reproduce.
 
     Its input and reference projections are 1x1 convolutions with Kaiming-normal weights (fan-in,
@@ -254,4 +254,3 @@ class RLR(Reconstructor):
                     values[f"level{i}.layer{j}.theta_mlka"] = theta_mlka
                     values[f"level{i}.layer{j}.theta_lca"] = theta_lca
         return values
-

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence, cast
+from typing import Any, Sequence, cast
 
 from rlr.errors import ConfigError
-from rlr.models.base import ModelConfig
+from rlr.models.base import ModelConfig, RunSettings
 from rlr.models.uniad.network import UniAD
-from rlr.validation import check_per_level
-
-if TYPE_CHECKING:
-    from rlr.config import RunConfig
+from rlr.validation import check_attention, check_per_level, check_window
 
 # Before each model had its own section, every run saved all of these, which UniAD never read.
 SHARED_SCHEMA_KEYS = ("fusion", "alpha", "theta_init", "num_references", "diversity_weight")
@@ -55,12 +52,14 @@ class UniADConfig(ModelConfig):
         return values
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: RunSettings) -> None:
     """UniAD reconstructs the merged backbone map, with one hidden width."""
     m, backbone = cast(UniADConfig, config.model), config.backbone
     if not backbone.merge:
         raise ConfigError("model.name=uniad reconstructs one merged map: set backbone.merge=true")
     check_per_level("model.hidden_dims", m.hidden_dims, backbone.merge, backbone.out_indices)
+    check_attention(m)
+    check_window("model.neighbourhood", m.neighbourhood)
 
 
 def build(m: UniADConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, int]]) -> UniAD:

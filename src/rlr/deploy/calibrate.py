@@ -12,58 +12,30 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rlr.atomic import write_text
-from rlr.errors import ConfigError, DataError, RlrError
-from rlr.predict import images_under
-
-if TYPE_CHECKING:
-    from rlr.inference import Model
-
-THRESHOLDS_NAME = "thresholds.json"
-THRESHOLDS_FORMAT = 1
-DEFAULT_QUANTILE = 0.99
-INTERPOLATION = "higher"
-
-
-@dataclass
-class Thresholds:
-    """A global threshold and optional per-class ones; `for_class` picks the one that applies."""
-
-    global_threshold: float
-    per_class: dict[str, float] = field(default_factory=dict)
-
-    def for_class(self, class_name: str | None) -> float:
-        return self.per_class.get(class_name, self.global_threshold) if class_name else self.global_threshold
-
-
-def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
-    """The q-quantile of normal scores, 'higher' rule: an observed score, never an interpolation."""
-    if len(scores) == 0:
-        raise DataError("no normal image scores to calibrate on")
-    return float(np.quantile(np.asarray(scores, dtype=np.float64), quantile, method=INTERPOLATION))
-
-
-def resolve_quantile(quantile: float | None, fpr: float | None) -> float:
-    """One number from either option: a quantile q, or a target false-positive rate 1 - q."""
-    if quantile is not None and fpr is not None:
-        raise ConfigError("give either a quantile or a target false-positive rate, not both")
-    q = DEFAULT_QUANTILE if quantile is None and fpr is None else (quantile if quantile is not None else 1.0 - fpr)
-    if not 0.0 < q <= 1.0:
-        raise ConfigError(f"quantile must lie in (0, 1] (false-positive rate in [0, 1)), got {q:g}")
-    return q
+from rlr.deploy.inputs import images_under
+from rlr.deploy.model import Model
+from rlr.deploy.thresholds import (
+    INTERPOLATION,
+    THRESHOLDS_FORMAT,
+    THRESHOLDS_NAME,
+    quantile_threshold,
+    resolve_quantile,
+)
+from rlr.engine.build import build_split
+from rlr.errors import DataError, RlrError
 
 
 def normal_folders(normal_dir: Path, class_names: list[str]) -> dict[str | None, Path]:
     """Which folder holds each class's normal images; {None: normal_dir} when no class folder exists.
 
-    A class folder is `<dir>/<class>/train/good` (MVTec layout) when that exists, else `<dir>/<class>/`.
+    A class folder is `<dir>/<class>/train/good` (MVTec layout) or `<dir>/<class>/good` (own data)
+    when that exists, else `<dir>/<class>/`.
     """
     if not normal_dir.is_dir():
         raise DataError(f"{normal_dir}: normal image folder not found")
@@ -72,6 +44,8 @@ def normal_folders(normal_dir: Path, class_names: list[str]) -> dict[str | None,
         folder = normal_dir / name
         if (folder / "train" / "good").is_dir():
             folders[name] = folder / "train" / "good"
+        elif (folder / "good").is_dir():
+            folders[name] = folder / "good"
         elif folder.is_dir():
             folders[name] = folder
     return folders or {None: normal_dir}
@@ -137,8 +111,6 @@ def _summary(scores: np.ndarray, q: float) -> dict:
 
 def _training_overlap(model: Model, folders: dict[str | None, Path]) -> int | None:
     """How many calibration images the model was trained on (their scores run low); None if unknown."""
-    from rlr.engine.build import build_split
-
     try:
         trained = {Path(r.image_path).resolve() for r in build_split(model.config).train}
     except RlrError:
@@ -152,22 +124,3 @@ def _training_overlap(model: Model, folders: dict[str | None, Path]) -> int | No
             file=sys.stderr,
         )
     return overlap
-
-
-def read_thresholds(run_dir: str | Path, checkpoint_digest: str) -> Thresholds | None:
-    """The run's thresholds, or None when not calibrated; thresholds of another checkpoint are refused."""
-    path = Path(run_dir) / THRESHOLDS_NAME
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        thresholds = Thresholds(
-            float(payload["global"]["threshold"]),
-            {name: float(entry["threshold"]) for name, entry in payload["per_class"].items()},
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-        raise ConfigError(f"{path}: not a readable thresholds file ({problem}); rerun rlr calibrate") from None
-    if payload.get("checkpoint_sha256") != checkpoint_digest:
-        raise ConfigError(f"{path}: calibrated for another checkpoint than this run's last.pt; rerun rlr calibrate")
-    return thresholds

@@ -14,29 +14,29 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 from tqdm import tqdm
 
-from rlr.calibrate import Thresholds, read_thresholds
 from rlr.config import RunConfig
 from rlr.data.transforms import read_image, resize_image, to_tensor
+from rlr.deploy.thresholds import read_thresholds
 from rlr.engine.build import build_extractor, build_split, resolve_device, scoring_rule
 from rlr.engine.evaluate import load_run
-from rlr.engine.train import CHECKPOINT_NAME
+from rlr.engine.runs import CHECKPOINT_NAME
 from rlr.errors import RlrError
 from rlr.features.backbone import FeatureExtractor
 from rlr.features.weights import file_digest
+from rlr.results import PredictionResult, Thresholds
 from rlr.scoring import ScoringRule
 
 #: What `predict` accepts as one image: a file path, a PIL image, a uint8 numpy array (H, W) or
 #: (H, W, 3), or a float tensor (3, H, W) with values in [0, 1].
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 class Scorer(nn.Module):
@@ -65,43 +65,6 @@ class PreparedImage:
     pixels: torch.Tensor  # (3, S, S) float32 in [0, 1]
     original_size: tuple[int, int]  # (width, height) as read, EXIF orientation applied
     path: str | None = None
-
-
-@dataclass
-class PredictionResult:
-    """The model's verdict on one image.
-
-    `map` is at the model's image size (S x S, the image resized without keeping its aspect
-    ratio); `map_at_original_size()` stretches it back onto the input's own pixels.
-    """
-
-    score: float
-    map: np.ndarray  # (S, S) float32
-    threshold: float | None
-    class_name: str | None
-    original_size: tuple[int, int]  # (width, height)
-    path: str | None = None
-
-    @property
-    def anomalous(self) -> bool | None:
-        """True above the threshold, False at or below it, None when the run is not calibrated."""
-        return None if self.threshold is None else self.score > self.threshold
-
-    @property
-    def decision(self) -> str:
-        """'anomalous', 'normal', or '' without a threshold."""
-        return {None: "", True: "anomalous", False: "normal"}[self.anomalous]
-
-    def map_at_original_size(self) -> np.ndarray:
-        """The map on the input's own pixel grid, (height, width)."""
-        return self.map_resized(*self.original_size)
-
-    def map_resized(self, width: int, height: int) -> np.ndarray:
-        """The map resized bilinearly (antialiased, as images are) to (height, width)."""
-        tensor = torch.from_numpy(self.map)[None, None]
-        if (height, width) != tuple(self.map.shape):
-            tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        return tensor[0, 0].numpy()
 
 
 class Model:
@@ -150,14 +113,18 @@ class Model:
 
     def class_of(self, path: str | os.PathLike) -> str | None:
         """The class of a file inside the run's dataset (`<root>/<class>/...`); None elsewhere."""
-        if self.config.data.format == "folder":
+        data = self.config.data
+        if data.format == "folder" and data.train_dir:  # one class from explicit folders
             return self.config.name
-        if not self.config.data.root:
+        if not data.root:
             return None
+        root = Path(data.root).resolve()
         try:
-            parts = Path(path).resolve().relative_to(Path(self.config.data.root).resolve()).parts
+            parts = Path(path).resolve().relative_to(root).parts
         except ValueError:
             return None
+        if data.format == "folder" and len(parts) == 1 and root.name in self.class_names:
+            return root.name  # own data as one folder of good images
         return parts[0] if len(parts) > 1 and parts[0] in self.class_names else None
 
     def prepare(self, image: ImageInput) -> PreparedImage:
@@ -229,7 +196,7 @@ def load(run_dir: str | os.PathLike, device: str | None = None) -> Model:
 
 def _class_names(config: RunConfig, thresholds: Thresholds | None) -> list[str]:
     """The run's classes: from the config, else from its dataset root when that still exists."""
-    if config.data.format == "folder":
+    if config.data.format == "folder" and config.data.train_dir:
         names = [config.name]
     elif config.data.classes:
         names = list(config.data.classes)

@@ -1,6 +1,6 @@
 """Export a run's whole scorer to ONNX, with a JSON of its preprocessing and thresholds.
 
-The graph is `inference.Scorer`: images (B, 3, S, S) float32 RGB in [0, 1] -> backbone (with its
+The graph is `deploy.model.Scorer`: images (B, 3, S, S) float32 RGB in [0, 1] -> backbone (with its
 own normalisation and 3x3 smoothing) -> RLR reconstructors -> anomaly map -> Gaussian smoothing
 -> outputs `map` (B, S, S) and `score` (B,). The batch axis
 is dynamic; the image size is fixed. Reading and resizing the image stays outside the graph and
@@ -20,8 +20,8 @@ import torch
 
 from rlr import __version__
 from rlr.atomic import write_bytes, write_text
-from rlr.errors import ConfigError, RlrError
-from rlr.inference import Model
+from rlr.deploy.model import Model
+from rlr.errors import RlrError, one_line
 
 OPSET = 18
 MODEL_NAME = "model.onnx"
@@ -37,9 +37,26 @@ def export_onnx(model: Model, out_dir: str | Path, opset: int = OPSET, verify: b
     PyTorch (relative to the map range) is recorded in the JSON.
     """
     out_dir = Path(out_dir)
+    example = example_images(model)
+    onnx_path = out_dir / MODEL_NAME
+    write_bytes(onnx_path, onnx_bytes(model, example, opset))
+    info = export_info(model, opset)
+    if verify:
+        info["verification"] = _verify(model, onnx_path, example)
+    write_text(out_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    shutil.copyfile(Path(__file__).with_name("onnx_runner.py"), out_dir / RUNNER_NAME)
+    return onnx_path
+
+
+def example_images(model: Model) -> torch.Tensor:
+    """Two fixed uniform-noise images: what the graph is traced with and what parity is checked on."""
     size = model.image_size
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def onnx_bytes(model: Model, example: torch.Tensor, opset: int = OPSET) -> bytes:
+    """The whole scorer traced to an ONNX graph with a dynamic batch axis (see the module docstring)."""
     scorer = model.scorer.to("cpu")
-    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -55,17 +72,10 @@ def export_onnx(model: Model, out_dir: str | Path, opset: int = OPSET, verify: b
                 dynamo=False,
             )
     except Exception as exc:  # the exporter raises many types; one line is what a user can act on
-        raise RlrError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+        raise RlrError(f"ONNX export failed: {type(exc).__name__}: {one_line(exc)}") from None
     finally:
         scorer.to(model.device)
-    onnx_path = out_dir / MODEL_NAME
-    write_bytes(onnx_path, buffer.getvalue())
-    info = export_info(model, opset)
-    if verify:
-        info["verification"] = _verify(model, onnx_path, example)
-    write_text(out_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
-    shutil.copyfile(Path(__file__).with_name("onnx_runner.py"), out_dir / RUNNER_NAME)
-    return onnx_path
+    return buffer.getvalue()
 
 
 def export_info(model: Model, opset: int) -> dict:
@@ -109,7 +119,11 @@ def _verify(model: Model, onnx_path: Path, example: torch.Tensor) -> dict:
     except ImportError:
         return {"skipped": "onnxruntime is not installed"}
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    maps, scores = session.run([MAP_NAME, SCORE_NAME], {INPUT_NAME: example.numpy()})
+    return compare_with_pytorch(model, *session.run([MAP_NAME, SCORE_NAME], {INPUT_NAME: example.numpy()}), example)
+
+
+def compare_with_pytorch(model: Model, maps: np.ndarray, scores: np.ndarray, example: torch.Tensor) -> dict:
+    """Largest map and score differences of an exported engine's outputs on `example` to PyTorch's."""
     with torch.inference_mode():
         ref_maps, ref_scores = (t.cpu().numpy() for t in model.scorer(example.to(model.device)))
     span = float(ref_maps.max() - ref_maps.min()) or 1.0
@@ -118,10 +132,3 @@ def _verify(model: Model, onnx_path: Path, example: torch.Tensor) -> dict:
         "max_map_difference_relative_to_range": float(np.abs(maps - ref_maps).max() / span),
         "max_score_difference_relative_to_range": float(np.abs(scores - ref_scores).max() / span),
     }
-
-
-def export(model: Model, fmt: str, out_dir: str | Path) -> Path:
-    """Dispatch on the format name (only 'onnx' so far)."""
-    if fmt != "onnx":
-        raise ConfigError(f"unknown export format '{fmt}' (known: onnx)")
-    return export_onnx(model, out_dir)

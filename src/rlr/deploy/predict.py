@@ -7,29 +7,23 @@ and the caller learns about the skipped ones (the CLI exits non-zero after listi
 from __future__ import annotations
 
 import csv
-import glob
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from rlr.atomic import atomic_open
-from rlr.data.split import is_ignored, is_image_file
-from rlr.data.transforms import read_image, to_tensor
+from rlr.deploy.model import Model
+from rlr.deploy.overlay import display_image, render_overlay
 from rlr.errors import DataError
-
-if TYPE_CHECKING:
-    from rlr.inference import Model, PredictionResult
+from rlr.results import PredictionResult
 
 CSV_NAME = "predictions.csv"
 CSV_COLUMNS = ("path", "class", "score", "threshold", "decision", "overlay", "map")
-_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass
@@ -40,78 +34,6 @@ class PredictSummary:
     scored: int
     anomalous: int
     problems: list[str]
-
-
-def images_under(folder: Path) -> list[Path]:
-    """Image files below `folder`, recursively and sorted; hidden files and folders are skipped."""
-    found = (p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
-    return sorted(p for p in found if not any(is_ignored(Path(part)) for part in p.relative_to(folder).parts))
-
-
-def collect_inputs(items: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (recursively) and glob patterns into image files, and list what was not found.
-
-    A file named explicitly is always tried; inside folders and glob matches only files with an
-    image extension are taken (so a stray notes.txt in a folder is not an error).
-    """
-    files: list[Path] = []
-    problems: list[str] = []
-    for item in items:
-        text = str(item)
-        if _GLOB_CHARS & set(text) and not Path(text).exists():
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
-            found = [f for m in matches for f in (images_under(m) if m.is_dir() else [m] if is_image_file(m) else [])]
-            if not found:
-                problems.append(f"{text}: no image file matches")
-        elif Path(text).is_dir():
-            found = images_under(Path(text))
-            if not found:
-                problems.append(f"{text}: no image files found in this folder")
-        elif Path(text).exists():
-            found = [Path(text)]
-        else:
-            found = []
-            problems.append(f"{text}: file not found")
-        files.extend(found)
-    return list(dict.fromkeys(files)), problems
-
-
-def heat_scale(result: PredictionResult) -> tuple[float, float]:
-    """Colour range of the overlay: half the threshold (blue) to the threshold (red), so colours mean
-    the same in every image of a class; without a threshold, the map's own minimum to maximum."""
-    if result.threshold is not None and result.threshold > 0:
-        return 0.5 * result.threshold, result.threshold
-    low, high = float(result.map.min()), float(result.map.max())
-    return low, high if high > low else low + 1.0
-
-
-def render_overlay(result: PredictionResult, image: Image.Image, max_side: int | None = None) -> Image.Image:
-    """The image with its anomaly map blended on top (jet colours, 50 %), at the image's own size.
-
-    `max_side` shrinks large images first (for a web page); the map is resized onto the image.
-    """
-    from matplotlib import colormaps
-
-    image = image.convert("RGB")
-    if max_side is not None and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    width, height = image.size
-    low, high = heat_scale(result)
-    heat = colormaps["jet"](np.clip((result.map_resized(width, height) - low) / (high - low), 0.0, 1.0))[..., :3]
-    blended = 0.5 * np.asarray(image, dtype=np.float32) / 255.0 + 0.5 * heat
-    return Image.fromarray(np.round(blended * 255.0).astype(np.uint8))
-
-
-def display_image(path: str | os.PathLike) -> Image.Image:
-    """The file as 8-bit RGB for display, read by the same rules as for scoring (any mode, EXIF applied)."""
-    pixels = to_tensor(read_image(path), path).expand(3, -1, -1)
-    return Image.fromarray(np.round(pixels.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8))
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def output_names(files: Sequence[Path]) -> dict[Path, Path]:
