@@ -129,21 +129,6 @@ DESCRIPTIONS = {
     "backbone.allow_download": "may fetch weights from the timm hub",
     "backbone.smoothing": "average-pooling size applied to every feature map (stride 1)",
     "backbone.merge": "resize every level to the coarsest and concatenate them into one map",
-    "model.name": "registered model: rlr or uniad",
-    "model.hidden_dims": "transformer width per feature level",
-    "model.num_layers": "transformer layers (uniad: encoder layers, and as many decoder layers)",
-    "model.num_heads": "attention heads",
-    "model.ffn_ratio": "feed-forward width as a multiple of the hidden width",
-    "model.windows": "rlr: local attention window per level (null: the paper's for the map size)",
-    "model.dropout": "dropout inside the transformer",
-    "model.input_dropout": "rlr: dropout on the embedded input tokens while training",
-    "model.init": "rlr: weight initialisation, torch defaults or release (the authors')",
-    "model.fusion": "rlr: how local and masked attention combine, alpha or theta",
-    "model.alpha": "rlr: alpha of fusion alpha (alpha x LCA + MLKA)",
-    "model.theta_init": "rlr: starting (theta1 for MLKA, theta2 for LCA) of fusion theta",
-    "model.num_references": "rlr: number of learnable references",
-    "model.diversity_weight": "rlr: weight of the pairwise cosine between references (more than one)",
-    "model.neighbourhood": "uniad: n x n neighbourhood each query's attention hides",
     "train.epochs": "training epochs; the last epoch's model is the one reported",
     "train.batch_size": "images per step and process (torchrun: times the processes)",
     "train.lr": "learning rate",
@@ -183,10 +168,20 @@ def describe(config: RunConfig) -> str:
     for key, value in config.to_dict().items():
         if isinstance(value, dict):
             lines.append(f"{key}:")
-            lines += [f"  {k}: {_flow(v)}  # {DESCRIPTIONS[f'{key}.{k}']}" for k, v in value.items()]
+            lines += [f"  {k}: {_flow(v)}  # {_meaning(config, f'{key}.{k}')}" for k, v in value.items()]
         else:
             lines.append(f"{key}: {_flow(value)}  # {DESCRIPTIONS[key]}")
     return "\n".join(lines) + "\n"
+
+
+def _meaning(config: RunConfig, dotted: str) -> str:
+    """A key's meaning: the model's own keys are described by the model's config class."""
+    section, key = dotted.split(".", 1)
+    if section != "model":
+        return DESCRIPTIONS[dotted]
+    if key == "name":
+        return f"registered model: {', '.join(list_models())}"
+    return type(config.model).descriptions.get(key, "(not described by this model)")
 
 
 def _flow(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -58,6 +58,8 @@ class ModelConfig:
     """The model section of a run config: `name` picks the registered model, the rest is its own keys."""
 
     name: str = ""
+    #: what each of the model's own keys means, for `rlr config show` (a test keeps it complete)
+    descriptions: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def upgrade(cls, values: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, cast
+from typing import ClassVar, Sequence, cast
 
 from rlr.errors import ConfigError
 from rlr.models.base import ModelConfig, RunSettings
@@ -29,6 +29,22 @@ class RLRConfig(ModelConfig):
     theta_init: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (theta1 for MLKA, theta2 for LCA)
     num_references: int = 1
     diversity_weight: float = 1.0  # weight of the mean pairwise cosine between references (K > 1)
+
+    descriptions: ClassVar[dict[str, str]] = {
+        "hidden_dims": "transformer width per feature level",
+        "num_layers": "transformer layers",
+        "num_heads": "attention heads",
+        "ffn_ratio": "feed-forward width as a multiple of the hidden width",
+        "windows": "local attention window per level (null: the paper's for the map size)",
+        "dropout": "dropout inside the transformer",
+        "input_dropout": "dropout on the embedded input tokens while training",
+        "init": "weight initialisation, torch defaults or release (the authors')",
+        "fusion": "how local and masked attention combine, alpha or theta",
+        "alpha": "alpha of fusion alpha (alpha x LCA + MLKA)",
+        "theta_init": "starting (theta1 for MLKA, theta2 for LCA) of fusion theta",
+        "num_references": "number of learnable references",
+        "diversity_weight": "weight of the pairwise cosine between references (more than one)",
+    }
 
 
 def validate(config: RunSettings) -> None:

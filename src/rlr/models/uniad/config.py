@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence, cast
+from typing import Any, ClassVar, Sequence, cast
 
 from rlr.errors import ConfigError
 from rlr.models.base import ModelConfig, RunSettings
@@ -24,6 +24,15 @@ class UniADConfig(ModelConfig):
     ffn_ratio: int = 4
     neighbourhood: int = 7  # the n x n neighbourhood every attention hides from each query
     dropout: float = 0.0
+
+    descriptions: ClassVar[dict[str, str]] = {
+        "hidden_dims": "transformer width (one: the merged map is one level)",
+        "num_layers": "encoder layers, and as many decoder layers",
+        "num_heads": "attention heads",
+        "ffn_ratio": "feed-forward width as a multiple of the hidden width",
+        "neighbourhood": "n x n neighbourhood each query's attention hides",
+        "dropout": "dropout inside the transformer",
+    }
 
     @classmethod
     def upgrade(cls, values: dict[str, Any]) -> dict[str, Any]:
