@@ -168,6 +168,7 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.deploy.predict import predict_files
 
     _no_extra("predict", extra)
+    _check_batch_size(args.batch_size)
     model = Model.load(args.run, args.device)
     if args.class_name is not None and args.class_name not in model.class_names:
         raise RlrError(f"unknown class '{args.class_name}' (this run knows: {', '.join(model.class_names) or 'none'})")
@@ -195,12 +196,19 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 1 if problems else 0
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    """Refuse a non-positive --batch-size before any work (it once scored nothing and exited 0)."""
+    if batch_size is not None and batch_size < 1:
+        raise RlrError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def cmd_calibrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.deploy.calibrate import calibrate
     from rlr.deploy.model import Model
     from rlr.deploy.thresholds import THRESHOLDS_NAME
 
     _no_extra("calibrate", extra)
+    _check_batch_size(args.batch_size)
     model = Model.load(args.run, args.device, use_thresholds=False)
     payload = calibrate(model, args.normal, args.quantile, args.fpr, args.batch_size)
     for name, entry in [("global", payload["global"]), *payload["per_class"].items()]:
