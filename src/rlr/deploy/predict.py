@@ -38,14 +38,22 @@ class PredictSummary:
 
 def output_names(files: Sequence[Path]) -> dict[Path, Path]:
     """Unique names for each file's outputs: its path below the folder holding all inputs, without
-    the extension (`good/001`), or with it where two files differ only by extension (`good/001.jpg`)."""
+    the extension (`good/001`), or with it where the short name would clash with another file's
+    (`a.png`, `a.jpg` and `a.png.png` keep their extensions)."""
     if not files:
         return {}
     resolved = [f.resolve() for f in files]
     common = Path(os.path.commonpath([str(r.parent) for r in resolved]))
     relative = [r.relative_to(common) for r in resolved]
-    stems = Counter(r.with_suffix("") for r in relative)
-    return {f: r.with_suffix("") if stems[r.with_suffix("")] == 1 else r for f, r in zip(files, relative)}
+    full = dict(zip(files, relative))
+    names = {f: r.with_suffix("") for f, r in full.items()}
+    while True:  # a stem that clashes with any other name becomes its full name (those are unique)
+        counts = Counter(names.values())
+        clashing = [f for f, name in names.items() if counts[name] > 1 and name != full[f]]
+        if not clashing:
+            return names
+        for f in clashing:
+            names[f] = full[f]
 
 
 def predict_files(
