@@ -30,7 +30,7 @@ from rlr.atomic import write_text
 from rlr.config import load_config
 from rlr.engine.build import build_cache, build_extractor, build_split, features_for
 from rlr.engine.evaluate import load_masks
-from rlr.metrics import compute_metrics
+from rlr.metrics import compute_metrics, mean_over_classes
 from rlr.report.tables import format_table
 from rlr.scoring import image_scores
 
@@ -97,7 +97,7 @@ def main() -> int:
             image_scores(maps, config.eval.image_score_sigma).numpy(), labels, maps.numpy(), load_masks(records, size)
         )
     tested = time.perf_counter()
-    mean = {key: float(np.mean([m[key] for m in per_class.values()])) for key in next(iter(per_class.values()))}
+    mean = mean_over_classes(per_class)
     print(format_table(per_class, mean), end="")
     print(f"bank {bank.shape[0]} patches x {bank.shape[1]}; build {built - started:.0f} s, test {tested - built:.0f} s")
     result = {

@@ -45,3 +45,19 @@ def tiny_config(demo_root: Path, cache_dir: Path, *extra: str):
     from rlr.presets import cpu_config
 
     return cpu_config((f"data.root={demo_root}", f"train.cache_dir={cache_dir}", *TINY, *extra))
+
+
+def realmini_class_config(realmini_root: Path, cache_dir: Path):
+    """One small real class (metal_plate, 53 training images) at 256 px, a narrow one-layer model, one epoch."""
+    from rlr.presets import cpu_config
+
+    return cpu_config(
+        (
+            f"data.root={realmini_root}",
+            "data.classes=[metal_plate]",
+            f"train.cache_dir={cache_dir}",
+            "model.hidden_dims=[32, 64]",
+            "model.num_layers=1",
+            "train.epochs=1",
+        )
+    )

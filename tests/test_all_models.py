@@ -24,10 +24,13 @@ import rlr
 import rlr.models as registry
 from rlr.cli import main
 from rlr.data.demo import generate_demo
+from rlr.deploy import onnx_runner
 from rlr.models import list_models, model_spec, register_model
 from rlr.models.base import ModelConfig, ModelSpec, Reconstructor
 
-from .test_export_onnx import assert_parity  # skips this module without the export extra
+from .parity import assert_parity
+
+pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 
 SOURCE = Path(rlr.__file__).resolve().parent
 
@@ -110,7 +113,7 @@ def test_model_goes_through_the_whole_library(name, with_bottleneck, tiny_demo, 
     assert len(rows) == 6 and {row["decision"] for row in rows} <= {"normal", "anomalous"}
 
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0
-    assert_parity(rlr.load(run_dir, "cpu"), images, run_dir / "onnx")
+    assert_parity(rlr.load(run_dir, "cpu"), onnx_runner.OnnxScorer(run_dir / "onnx" / "model.onnx"), images)
 
 
 def _mentions(path: Path) -> tuple[set[str], set[str], set[str]]:

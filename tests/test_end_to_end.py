@@ -13,9 +13,8 @@ from rlr.config import load_config
 from rlr.engine.train import train
 from rlr.errors import RlrError
 from rlr.metrics import METRIC_NAMES
-from rlr.presets import cpu_config
 
-from .conftest import TINY, tiny_config
+from .conftest import TINY, realmini_class_config, tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -186,16 +185,7 @@ def test_cli_data_check_lists_problems_with_nonzero_exit(tmp_path, capsys):
 @pytest.mark.realmini
 def test_realmini_class_trains_and_tests(realmini, feature_cache_dir, tmp_path):
     """Real images and masks go through the same pipeline (one small class, one epoch)."""
-    config = cpu_config(
-        (
-            f"data.root={realmini}",
-            "data.classes=[metal_plate]",
-            f"train.cache_dir={feature_cache_dir}",
-            "model.hidden_dims=[32, 64]",
-            "model.num_layers=1",
-            "train.epochs=1",
-        )
-    )
+    config = realmini_class_config(realmini, feature_cache_dir)
     results = evaluate(train(config, tmp_path / "run"))
     (metrics,) = [r.metrics for r in results.values()]
     assert len(results["metal_plate"].records) == 27 + 71

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -16,28 +15,15 @@ import rlr
 from rlr.cli import main
 from rlr.data.transforms import load_image
 from rlr.engine.train import train
-from rlr.presets import cpu_config
 
-from .conftest import tiny_config
+from .conftest import realmini_class_config, tiny_config
+from .parity import TOLERANCE, assert_parity, imported_modules
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 
 from rlr.deploy import onnx_runner  # noqa: E402 (after the skip: it needs onnxruntime)
 
 RUNNER_MODULES = {"__future__", "argparse", "glob", "json", "sys", "pathlib", "numpy", "onnxruntime", "PIL"}
-TOLERANCE = 1e-4  # max |difference| relative to the map's range, as the issue asks
-
-
-def assert_parity(model, paths, out_dir):
-    """Runner (onnxruntime + Pillow preprocessing) vs PyTorch (rlr's preprocessing), whole pipeline."""
-    torch_results = model.predict(paths)
-    onnx_results = onnx_runner.OnnxScorer(out_dir / "model.onnx").predict(paths, batch_size=7)
-    torch_maps = np.stack([r.map for r in torch_results])
-    span = torch_maps.max() - torch_maps.min()
-    map_error = np.abs(np.stack([r["map"] for r in onnx_results]) - torch_maps).max() / span
-    score_error = max(abs(r["score"] - t.score) for r, t in zip(onnx_results, torch_results)) / span
-    assert map_error < TOLERANCE and score_error < TOLERANCE, (map_error, score_error)
-    return map_error, score_error
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +51,14 @@ def test_export_writes_model_json_and_runner(exported):
 
 
 def test_runner_imports_nothing_but_onnxruntime_numpy_pillow():
-    tree = ast.parse(Path(onnx_runner.__file__).read_text())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    names = imported_modules(onnx_runner.__file__)
     assert names <= RUNNER_MODULES, names - RUNNER_MODULES
 
 
 def test_onnx_runner_matches_pytorch_on_the_demo_test_images(exported, tiny_demo):
     run_dir, out = exported
     paths = sorted(tiny_demo.glob("*/test/*/*.png"))
-    assert_parity(rlr.load(run_dir, "cpu"), paths, out)
+    assert_parity(rlr.load(run_dir, "cpu"), onnx_runner.OnnxScorer(out / "model.onnx"), paths)
 
 
 def test_copied_runner_works_without_torch_or_rlr(exported, tiny_demo, tmp_path):
@@ -141,21 +125,14 @@ def test_runner_applies_thresholds_from_the_json(exported, tmp_path):
 @pytest.mark.realmini
 def test_onnx_parity_on_realmini_test_images(realmini, feature_cache_dir, tmp_path):
     """One real class at the paper's 256 px with the default windows: every test image within 1e-4."""
-    config = cpu_config(
-        (
-            f"data.root={realmini}",
-            "data.classes=[metal_plate]",
-            f"train.cache_dir={feature_cache_dir}",
-            "model.hidden_dims=[32, 64]",
-            "model.num_layers=1",
-            "train.epochs=1",
-        )
-    )
+    config = realmini_class_config(realmini, feature_cache_dir)
     run_dir = train(config, tmp_path / "run")
     assert main(["export", str(run_dir)]) == 0
     paths = sorted((realmini / "metal_plate" / "test").rglob("*.png"))
     assert len(paths) == 98
-    map_error, score_error = assert_parity(rlr.load(run_dir, "cpu"), paths, run_dir / "onnx")
+    map_error, score_error = assert_parity(
+        rlr.load(run_dir, "cpu"), onnx_runner.OnnxScorer(run_dir / "onnx" / "model.onnx"), paths
+    )
     print(
         f"realmini metal_plate: max map difference {map_error:.2e}, max score difference {score_error:.2e} of the range"
     )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import rlr
@@ -16,12 +14,12 @@ from rlr.cli import main
 from rlr.engine.train import train
 
 from .conftest import tiny_config
+from .parity import TOLERANCE, assert_parity, imported_modules
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
 from rlr.deploy import onnx_runner, openvino_runner  # noqa: E402 (after the skip)
 
-TOLERANCE = 1e-4  # max |difference| relative to the map's range, as for ONNX
 RUNNER_MODULES = {"__future__", "sys", "pathlib", "numpy", "openvino", "rlr", "rlr_onnx_runner"}
 
 
@@ -51,23 +49,14 @@ def test_export_writes_ir_json_and_both_runner_files(exported):
 
 
 def test_runner_imports_nothing_but_openvino_numpy_and_the_shared_reader():
-    tree = ast.parse(Path(openvino_runner.__file__).read_text())
-    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    names = imported_modules(openvino_runner.__file__)
     assert names <= RUNNER_MODULES, names - RUNNER_MODULES
 
 
 def test_openvino_matches_pytorch_on_the_demo_test_images(exported, tiny_demo):
     run_dir, out = exported
     paths = sorted(tiny_demo.glob("*/test/*/*.png"))
-    model = rlr.load(run_dir, "cpu")
-    torch_results = model.predict(paths)
-    ov_results = openvino_runner.OpenVinoScorer(out / "model.xml").predict(paths, batch_size=7)
-    torch_maps = np.stack([r.map for r in torch_results])
-    span = torch_maps.max() - torch_maps.min()
-    map_error = np.abs(np.stack([r["map"] for r in ov_results]) - torch_maps).max() / span
-    score_error = max(abs(r["score"] - t.score) for r, t in zip(ov_results, torch_results)) / span
-    assert map_error < TOLERANCE and score_error < TOLERANCE, (map_error, score_error)
+    assert_parity(rlr.load(run_dir, "cpu"), openvino_runner.OpenVinoScorer(out / "model.xml"), paths)
 
 
 def test_copied_runner_takes_folders_and_globs_and_skips_bad_files_without_torch(exported, tiny_demo, tmp_path):
