@@ -21,6 +21,16 @@ TINY = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (the benchmarks' --threads) must not change later tests' numbers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """A small demo set (4 classes, 6 train / 3 good / 2 per defect kind) at 128 px."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,15 @@ from rlr.data.transforms import load_image
 from rlr.engine.train import train
 
 from .conftest import realmini_class_config, tiny_config
+from .hostile import no_hang
 from .parity import TOLERANCE, assert_parity, imported_modules
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the export extra (onnx, onnxruntime) is not installed")
 
 from rlr.deploy import onnx_runner  # noqa: E402 (after the skip: it needs onnxruntime)
 
-RUNNER_MODULES = {"__future__", "argparse", "glob", "json", "sys", "pathlib", "numpy", "onnxruntime", "PIL"}
+RUNNER_MODULES = {"__future__", "argparse", "json", "sys", "pathlib", "typing", "numpy", "onnxruntime", "PIL"}
+RUNNER_MODULES |= {"fnmatch", "os"}  # its own walk and glob: the same link-loop rule as rlr's (os.path.realpath)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,40 @@ def test_runner_takes_folders_and_globs_and_skips_a_bad_file_in_one_line(exporte
     skipped = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
     assert skipped[0] == f"skipped: {tmp_path / 'gone.png'}: file not found" and len(skipped) == 2
     assert skipped[1].startswith(f"skipped: {folder / 'cut.png'}: not a readable image (")
+
+
+def test_runner_through_link_loops_ends_and_scores_each_image_once(exported, tiny_demo, tmp_path, capsys):
+    _, out = exported
+    images, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    (images / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    good = sorted(tiny_demo.glob("brick/test/good/*.png"))
+    for source, target in zip(good, (images / "a.png", images / "sub" / "b.png", elsewhere / "c.png")):
+        shutil.copy(source, target)
+    (images / "sub" / "up").symlink_to("..")
+    (images / "self").symlink_to(".")
+    (images / "linked").symlink_to(elsewhere)  # followed; elsewhere/c.png, named too, is the same file
+    with no_hang(60):  # glob.glob followed `up` and `self` until 40 links deep: 2**40 paths
+        code = onnx_runner.main([str(out / "model.onnx"), f"{images}/**/*.png", str(images), str(elsewhere)])
+    assert code == 0
+    scored = [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(scored) == [str(images / name) for name in ("a.png", "linked/c.png", "sub/b.png")]
+
+
+def test_runner_names_a_folder_it_cannot_list(tmp_path, monkeypatch):
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "a.png").write_bytes(b"")
+    listing = Path.iterdir
+
+    def refusing(folder: Path):
+        if folder.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return listing(folder)
+
+    monkeypatch.setattr(Path, "iterdir", refusing)  # root may list any folder, so refuse one here
+    files, problems = onnx_runner.collect_images([str(tmp_path)])
+    assert files == [tmp_path / "a.png"]
+    assert problems == [f"{tmp_path / 'locked'}: cannot list folder (permission denied)"]
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "small"])

@@ -71,8 +71,9 @@ def test_report_shows_the_weakest_classes_failures(tested_run):
         assert f"<code>{_name(results[name].records[defect].image_path)}</code>" in items[3]
         rank = 1 + int((results[name].scores > results[name].scores[normal]).sum())
         assert f"rank {rank} of {len(results[name].records)}," in items[0]
-    # the weakest classes' example grids moved into the failure section: one figure per class in all
-    assert page.count('src="data:image/png;base64,') == 1 + len(results)
+    # the weakest classes' example grids moved into the failure section: one grid per class in all, beside
+    # the ROC figure, the score histograms and the loss curve
+    assert page.count('src="data:image/png;base64,') == 3 + len(results)
 
 
 def test_failures_markdown_lists_the_same_images(tested_run):

@@ -137,7 +137,7 @@ def test_a_good_image_as_raw_bytes_gets_score_threshold_and_decision(server, mod
     expected = model.predict(path, class_name="gravel")
     assert result["score"] == pytest.approx(expected.score, rel=1e-6)
     assert result["threshold"] == expected.threshold and result["decision"] == expected.decision != ""
-    assert result["normalized_score"] == pytest.approx(expected.score / expected.threshold)
+    assert result["normalised_score"] == pytest.approx(expected.score / (expected.score + expected.threshold))
     assert result["name"] == "part 1.png" and result["class"] == "gravel" and result["size"] == [128, 128]
     assert answer["run"] == model.config.name and "map" not in result and "overlay" not in result
 

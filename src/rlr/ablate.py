@@ -63,6 +63,7 @@ LATER_SETTINGS = (
     "eval.image_score_top_percent",
     "data.normal_test_ratio",
     "data.split_seed",
+    "data.resize",
 )
 
 

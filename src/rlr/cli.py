@@ -40,21 +40,22 @@ def _print_table(run_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.config import load_config, parse_value
+    from rlr.api import config_for, train
+    from rlr.config import parse_value
     from rlr.engine.distributed import is_main_process
-    from rlr.engine.runs import resume_state
-    from rlr.engine.train import train
-    from rlr.presets import device_recipe
+    from rlr.engine.runs import resume_state, run_dir_for
+    from rlr.engine.train import train as continue_run
+    from rlr.paths import check_output_dir
 
     say = print if is_main_process() else lambda *_: None  # under torchrun, rank 0 speaks for all
     overrides = _overrides(extra)
     if args.resume is None:
-        if args.config is None:
-            config, chosen = device_recipe(overrides)
+        typed = {key: parse_value(key, raw) for key, raw in (item.split("=", 1) for item in overrides)}
+        config, chosen = config_for(args.config, overrides=typed)  # what rlr.train(config, overrides=...) does
+        if chosen is not None:
             say(chosen)
-        else:
-            config = load_config(args.config, overrides)
-        run_dir = train(config, args.run_dir, overwrite=args.overwrite)
+        check_output_dir(args.run_dir or run_dir_for(config), "--run-dir")
+        run_dir = train(config, run_dir=args.run_dir, overwrite=args.overwrite).path
     else:
         epochs = [item for item in overrides if item.startswith("train.epochs=")]
         if args.config or args.run_dir or args.overwrite or len(epochs) != len(overrides):
@@ -65,13 +66,13 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
             say(f"{args.resume}: already trained for {state['epoch']} epochs; nothing to do")
             return 0
         say(f"resuming {args.resume} after epoch {state['epoch']}")
-        run_dir = train(config, args.resume, resume=state)
+        run_dir = continue_run(config, args.resume, resume=state)
     say(f"trained: {run_dir}/last.pt")
     return 0
 
 
 def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.api import evaluate
+    from rlr.api import test
 
     if extra:
         raise RlrError(f"rlr test takes no overrides, got {' '.join(extra)}")
@@ -80,15 +81,14 @@ def cmd_test(args: argparse.Namespace, extra: Sequence[str]) -> int:
     run = args.run or args.run_option
     if run is None:
         raise RlrError("rlr test: which run? (rlr test RUN)")
-    evaluate(Path(run), args.device)
+    test(Path(run), args.device)
     _print_table(Path(run))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from rlr.api import evaluate
+    from rlr.api import test, train
     from rlr.data.demo import ensure_demo
-    from rlr.engine.train import train
     from rlr.presets import cpu_config
 
     started = time.perf_counter()
@@ -96,9 +96,9 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print(f"demo data: {root}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     config = cpu_config((f"data.root={root}", f"name=demo-{stamp}", *_overrides(extra)))
-    run_dir = train(config)
-    evaluate(run_dir)
-    _print_table(run_dir)
+    run = train(config)
+    test(run)
+    _print_table(run.path)
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -166,14 +166,16 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.deploy.inputs import collect_inputs
     from rlr.deploy.model import Model
     from rlr.deploy.predict import predict_files
+    from rlr.paths import check_output_dir
 
     _no_extra("predict", extra)
     _check_batch_size(args.batch_size)
+    out_dir = args.out or Path(args.run) / "predictions"
+    check_output_dir(out_dir, "--out")
     model = Model.load(args.run, args.device)
     if args.class_name is not None and args.class_name not in model.class_names:
         raise RlrError(f"unknown class '{args.class_name}' (this run knows: {', '.join(model.class_names) or 'none'})")
     files, problems = collect_inputs(args.paths)
-    out_dir = args.out or Path(args.run) / "predictions"
     summary = predict_files(
         model,
         files,
@@ -183,6 +185,7 @@ def cmd_predict(args: argparse.Namespace, extra: Sequence[str]) -> int:
         save_maps=args.save_maps,
         full_size_maps=args.full_size_maps,
         batch_size=args.batch_size,
+        masks=args.masks,
     )
     problems += summary.problems
     decided = "no threshold: run `rlr calibrate` for decisions"
@@ -210,20 +213,29 @@ def cmd_calibrate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _no_extra("calibrate", extra)
     _check_batch_size(args.batch_size)
     model = Model.load(args.run, args.device, use_thresholds=False)
-    payload = calibrate(model, args.normal, args.quantile, args.fpr, args.batch_size)
+    payload = calibrate(model, args.normal, args.quantile, args.fpr, args.batch_size, args.pixel_quantile)
     for name, entry in [("global", payload["global"]), *payload["per_class"].items()]:
-        print(f"{name}: threshold {entry['threshold']:.6g} from {entry['n_images']} normal images")
-    print(f"quantile {payload['quantile']:g} of normal scores -> {Path(args.run) / THRESHOLDS_NAME}")
+        print(
+            f"{name}: threshold {entry['threshold']:.6g}, pixel threshold {entry['pixel_threshold']:.6g} "
+            f"from {entry['n_images']} normal images"
+        )
+    print(
+        f"quantile {payload['quantile']:g} of normal scores (pixels: {payload['pixel_quantile']:g}) "
+        f"-> {Path(args.run) / THRESHOLDS_NAME}"
+    )
     return 0
 
 
 def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from rlr.deploy.formats import export
     from rlr.deploy.model import Model
+    from rlr.paths import check_output_dir
 
     _no_extra("export", extra)
+    out_dir = args.out or Path(args.run) / args.format
+    check_output_dir(out_dir, "--out")
     model = Model.load(args.run, "cpu")
-    path = export(model, args.format, args.out or Path(args.run) / args.format)
+    path = export(model, args.format, out_dir)
     runners = "rlr_onnx_runner.py" if args.format == "onnx" else "rlr_openvino_runner.py, rlr_onnx_runner.py"
     print(f"exported: {path} (+ model.json, {runners} beside it)")
     return 0
@@ -254,6 +266,9 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--save-maps", action="store_true", help="also write each anomaly map as .npy (float32)")
     predict.add_argument("--full-size-maps", action="store_true", help="maps at each image's size, not the model's")
     predict.add_argument("--no-overlays", action="store_true", help="skip the heatmap overlay PNGs")
+    predict.add_argument(
+        "--masks", action="store_true", help="also write binary defect masks (PNG, 255 = defect; needs rlr calibrate)"
+    )
     predict.add_argument("--batch-size", type=int, help="images per forward pass (default: eval.batch_size)")
     predict.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
     predict.set_defaults(handler=cmd_predict)
@@ -262,13 +277,16 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("run", help="run directory written by rlr train")
     calibrate.add_argument(
         "--normal",
-        required=True,
         type=Path,
-        help="normal images: <dir>/<class>/train/good, <dir>/<class>/..., or any folder",
+        help="normal images: <dir>/<class>/train/good, <dir>/<class>/..., or any folder; training images in it "
+        "are left out (default: the run's held-out normals, data.normal_test_ratio)",
     )
     rule = calibrate.add_mutually_exclusive_group()
     rule.add_argument("--quantile", type=float, help="threshold = this quantile of normal scores (default 0.99)")
     rule.add_argument("--fpr", type=float, help="target false-positive rate on normal images (= 1 - quantile)")
+    calibrate.add_argument(
+        "--pixel-quantile", type=float, help="pixel threshold (--masks) = this quantile of normal map pixels (0.999)"
+    )
     calibrate.add_argument("--batch-size", type=int, help="images per forward pass (default: eval.batch_size)")
     calibrate.add_argument("--device", help="cpu, cuda, ... (default: the run's setting)")
     calibrate.set_defaults(handler=cmd_calibrate)
@@ -314,7 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys: `rlr config show [--config F]` lists every key with its value and meaning; "
         "override any of them as --section.key value",
     )
-    train.add_argument("--config", help="YAML config (default: the small CPU recipe on a CPU, the paper's on a GPU)")
+    train.add_argument(
+        "--config",
+        help="YAML config, or a built-in preset: rlr_cpu, uniad_cpu "
+        "(default: the small CPU recipe on a CPU, the paper's on a GPU)",
+    )
     train.add_argument("--run-dir", type=Path, help="where to write the run (default: output_dir/name)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in that folder")
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last complete epoch")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from rlr.atomic import write_text
+from rlr.data.transforms import RESIZE_MODES
 from rlr.errors import ConfigError
 from rlr.models import DEFAULT_MODEL, list_models, model_spec
 from rlr.models.base import ModelConfig
@@ -34,6 +36,7 @@ class DataConfig:
     format: str = "mvtec"  # "mvtec", "visa" (raw VisA release) or "folder"
     classes: list[str] | None = None  # None: every class found under root
     image_size: int = 256
+    resize: str = "stretch"  # aspect ratio: "stretch", "letterbox" (pad with black) or "center_crop"
     normal_test_ratio: float = 0.0  # share of good images held out as test normals where a class has none
     split_seed: int = 0  # seed of that choice (kept apart from train.seed, so the test set stays put)
     # folder format, one class from explicit folders (else data.root holds <class>/good/, ...)
@@ -117,6 +120,7 @@ DESCRIPTIONS = {
     "data.format": "layout: mvtec, visa (raw VisA release) or folder (own data: <class>/good/, <class>/<defect>/)",
     "data.classes": "classes to use, in this order (null: every class found)",
     "data.image_size": "side in pixels every image is resized to",
+    "data.resize": "aspect ratio: stretch (ignore it), letterbox (fit, pad with black) or center_crop (central square)",
     "data.normal_test_ratio": "share of good images held out as test normals where a class has none (0: none)",
     "data.split_seed": "seed of which good images are held out (apart from train.seed)",
     "data.train_dir": "folder format, one class: folder of normal training images (instead of data.root)",
@@ -341,6 +345,24 @@ def parse_value(key: str, raw: str) -> Any:
         return raw
 
 
+def override_item(key: str, value: Any) -> str:
+    """`key=value` for `apply_override` from a Python value, written as one line of YAML so it reads back as itself.
+
+    How the Python API's overrides (`rlr.train(..., overrides={"train.epochs": 2})`) meet the
+    CLI's: both are then checked by `from_dict`, with the same one-line errors naming the key.
+    """
+    if not isinstance(key, str) or "=" in key or not key.strip():
+        raise ConfigError(f"override key {key!r} must be a dotted name like train.epochs")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    try:
+        return f"{key}={_flow(value)}"
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"override {key}: a {type(value).__name__} is not a config value (numbers, text, lists, true/false, None)"
+        ) from None
+
+
 def config_differences(first: dict[str, Any], second: dict[str, Any], prefix: str = "") -> list[str]:
     """Every dotted key whose value differs between two config dicts, as 'key: a != b'."""
     differences = []
@@ -361,6 +383,7 @@ def validate(config: RunConfig) -> None:
     """Catch inconsistent settings before any work starts; the model checks its own section."""
     choices = {
         "data.format": (config.data.format, ("mvtec", "visa", "folder")),
+        "data.resize": (config.data.resize, RESIZE_MODES),
         "train.optimizer": (config.train.optimizer, ("adam", "adamw")),
         "train.precision": (config.train.precision, ("fp32", "bf16")),
         "train.schedule": (config.train.schedule, ("step", "cosine")),

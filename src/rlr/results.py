@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from rlr.data.transforms import map_onto_image
 from rlr.data.types import ImageRecord
 
 
@@ -41,8 +41,8 @@ class Thresholds:
 class PredictionResult:
     """The model's verdict on one image.
 
-    `map` is at the model's image size (S x S, the image resized without keeping its aspect
-    ratio); `map_at_original_size()` stretches it back onto the input's own pixels.
+    `map` is at the model's image size (S x S, the image placed in the square by `resize`, the
+    run's data.resize); `map_at_original_size()` puts it back onto the input's own pixels.
     """
 
     score: float
@@ -51,6 +51,7 @@ class PredictionResult:
     class_name: str | None
     original_size: tuple[int, int]  # (width, height)
     path: str | None = None
+    resize: str = "stretch"  # how the image was placed in the S x S square (data.resize)
 
     @property
     def anomalous(self) -> bool | None:
@@ -67,8 +68,5 @@ class PredictionResult:
         return self.map_resized(*self.original_size)
 
     def map_resized(self, width: int, height: int) -> np.ndarray:
-        """The map resized bilinearly (antialiased, as images are) to (height, width)."""
-        tensor = torch.from_numpy(self.map)[None, None]
-        if (height, width) != tuple(self.map.shape):
-            tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        return tensor[0, 0].numpy()
+        """The map on the input's grid at (height, width): its placement undone, resized bilinearly (antialiased, as images are)."""
+        return map_onto_image(torch.from_numpy(self.map), self.original_size, (width, height), self.resize).numpy()

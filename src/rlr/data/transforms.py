@@ -11,6 +11,11 @@ is refused from its header alone, before any pixel is decoded, so a decompressio
 kilobytes that claim gigapixels) costs neither memory nor time. Set the environment variable
 `RLR_MAX_IMAGE_PIXELS` to change the default, or pass `max_pixels`; Pillow's own hard limit
 (`2 * PIL.Image.MAX_IMAGE_PIXELS`, about 179 M pixels) still applies above it.
+
+Aspect ratio (`data.resize`, the same rule for images, masks and anomaly maps): `stretch`
+resizes the whole image to the square, `letterbox` fits it inside the square and pads the rest
+with black (0; masks with 0, normal), `center_crop` keeps the central square and resizes it.
+`placement` is the one place that says where an image lands; the ONNX runner repeats it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +53,16 @@ _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width an
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF8", b"II*\x00", b"MM\x00*")
 #: Why a pipe, socket or device is refused before it is opened (opening a pipe blocks).
 NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+#: `data.resize`: how an image of any shape becomes the model's square, each rule in words.
+RESIZE_DESCRIPTIONS = {
+    "stretch": "the whole image resized to the square, its aspect ratio ignored",
+    "letterbox": "fitted inside the square, aspect ratio kept, the rest padded with black (masks and maps: 0)",
+    "center_crop": "the image's central square, resized (the strips beside it are not scored)",
+}
+RESIZE_MODES = tuple(RESIZE_DESCRIPTIONS)
+LETTERBOX_FILL = 0.0  # the letterbox's padding: black in images, normal (0) in masks and maps
+#: Stretching that changes the aspect ratio by more than this many percent is warned about, once per run.
+STRETCH_WARNING_PERCENT = 10
 
 
 def _looks_like_image(head: bytes) -> bool:
@@ -202,29 +219,150 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size must be a positive int, got {size!r}")
 
 
-def load_image(path: str | os.PathLike, size: int, max_pixels: int | None = None) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike, size: int, max_pixels: int | None = None, mode: str = "stretch"
+) -> torch.Tensor:
     """Read any image file as float32 (3, size, size) in [0, 1].
 
     Any PIL mode is accepted (see `to_tensor`; alpha is dropped, not composited; CMYK uses
     Pillow's plain conversion without ICC profiles); the EXIF orientation is applied; the image
-    is resized bilinearly with antialiasing, ignoring its aspect ratio.
+    is resized bilinearly with antialiasing, its aspect ratio handled by `mode` (`data.resize`).
     """
     _check_size(size)
-    return resize_image(to_tensor(read_image(path, max_pixels), path), size)
+    return resize_image(to_tensor(read_image(path, max_pixels), path), size, mode)
 
 
-def resize_image(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, H, W) from `to_tensor` -> (3, size, size): bilinear with antialiasing, grey to RGB."""
+@dataclass(frozen=True)
+class Placement:
+    """Where an image lands in the model's square: the box of the image that is used, and the box
+    of the square it is resized into (both left, top, width, height, in pixels)."""
+
+    source: tuple[int, int, int, int]
+    target: tuple[int, int, int, int]
+
+
+def placement(width: int, height: int, size: int, mode: str) -> Placement:
+    """The `data.resize` rule for a (width, height) image and a size x size square."""
+    if mode == "stretch":
+        return Placement((0, 0, width, height), (0, 0, size, size))
+    if mode == "letterbox":
+        scale = size / max(width, height)
+        fitted_width, fitted_height = max(1, round(width * scale)), max(1, round(height * scale))
+        offset = ((size - fitted_width) // 2, (size - fitted_height) // 2)
+        return Placement((0, 0, width, height), (*offset, fitted_width, fitted_height))
+    if mode == "center_crop":
+        side = min(width, height)
+        return Placement(((width - side) // 2, (height - side) // 2, side, side), (0, 0, size, size))
+    raise ConfigError(f"unknown data.resize '{mode}' (known: {', '.join(RESIZE_MODES)})")
+
+
+def _place(
+    pixels: torch.Tensor, size: int, mode: str, interpolate: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size) by `placement`: crop, `interpolate` to the target box, pad with the fill."""
+    height, width = pixels.shape[-2:]
+    where = placement(int(width), int(height), size, mode)
+    left, top, used_width, used_height = where.source
+    pixels = pixels[:, top : top + used_height, left : left + used_width]
+    into_left, into_top, into_width, into_height = where.target
+    if (used_height, used_width) != (into_height, into_width):
+        pixels = interpolate(pixels, (into_height, into_width))
+    if (into_width, into_height) == (size, size):
+        return pixels
+    canvas = pixels.new_full((pixels.shape[0], size, size), LETTERBOX_FILL)
+    canvas[:, into_top : into_top + into_height, into_left : into_left + into_width] = pixels
+    return canvas
+
+
+def _bilinear(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    resized = F.interpolate(pixels.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp_(0, 1)
+
+
+def _nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(mask.unsqueeze(0), size=size, mode="nearest-exact")[0]
+
+
+def resize_image(pixels: torch.Tensor, size: int, mode: str = "stretch") -> torch.Tensor:
+    """(C, H, W) from `to_tensor` -> (3, size, size): bilinear with antialiasing, grey to RGB, placed by `mode`."""
     _check_size(size)
-    if pixels.shape[-2:] != (size, size):
-        pixels = F.interpolate(
-            pixels.unsqueeze(0),
-            size=(size, size),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )[0].clamp_(0, 1)
-    return pixels.expand(3, -1, -1).contiguous()
+    return _place(pixels, size, mode, _bilinear).expand(3, -1, -1).contiguous()
+
+
+def map_onto_image(
+    amap: torch.Tensor, original_size: tuple[int, int], out_size: tuple[int, int], mode: str = "stretch"
+) -> torch.Tensor:
+    """An anomaly map (S, S) back on the image's own grid, at `out_size` (width, height): `placement` undone.
+
+    The map's part that covers the image is resized bilinearly with antialiasing (as images are);
+    with center_crop the strips the model never saw are 0.
+    """
+    size = int(amap.shape[-1])
+    width, height = original_size
+    out_width, out_height = out_size
+    where = placement(int(width), int(height), size, mode)
+    into_left, into_top, into_width, into_height = where.target
+    covered = amap[into_top : into_top + into_height, into_left : into_left + into_width]
+    left, top, used_width, used_height = where.source
+    box_left, box_top = round(left * out_width / width), round(top * out_height / height)
+    box = (  # the used box, scaled onto the output grid, at least one pixel
+        box_left,
+        box_top,
+        max(box_left + 1, round((left + used_width) * out_width / width)),
+        max(box_top + 1, round((top + used_height) * out_height / height)),
+    )
+    box_size = (box[3] - box[1], box[2] - box[0])
+    if tuple(covered.shape) != box_size:
+        covered = F.interpolate(
+            covered[None, None], size=box_size, mode="bilinear", align_corners=False, antialias=True
+        )[0, 0]
+    if box_size == (out_height, out_width):
+        return covered
+    canvas = covered.new_full((out_height, out_width), LETTERBOX_FILL)
+    canvas[box[1] : box[3], box[0] : box[2]] = covered
+    return canvas
+
+
+def aspect_change(width: int, height: int) -> float:
+    """How much stretching to a square changes an image's aspect ratio (0.25: the long side 25 % longer)."""
+    return max(width, height) / min(width, height) - 1.0
+
+
+class StretchWarning:
+    """One line on stderr, the first time stretching distorts an image by more than STRETCH_WARNING_PERCENT.
+
+    One per run (or loaded model), never one per image: a folder of wide images says it once.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.pending = mode == "stretch"
+
+    def check(self, width: int, height: int, where: str | os.PathLike) -> None:
+        long, short = max(width, height), min(width, height)
+        if not self.pending or 100 * long <= (100 + STRETCH_WARNING_PERCENT) * short:  # in integers: 110x100 is 10 %
+            return
+        self.pending = False
+        print(
+            f"rlr: warning: {where} is {width}x{height}: data.resize=stretch changes its aspect ratio by "
+            f"{aspect_change(width, height):.0%} (said once; data.resize letterbox or center_crop keep it)",
+            file=sys.stderr,
+        )
+
+
+def warn_if_stretched(paths: Iterable[str | os.PathLike], mode: str) -> None:
+    """Before any work, `StretchWarning` for the first of `paths` that stretching distorts (headers only).
+
+    A file whose header cannot be read is passed over here: the reader that needs its pixels
+    refuses it, naming it, when (and only if) that file is used.
+    """
+    warning = StretchWarning(mode)
+    for path in paths:
+        if not warning.pending:
+            return
+        try:
+            warning.check(*image_size(path), path)
+        except DataError:
+            continue
 
 
 def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
@@ -244,8 +382,10 @@ def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndar
     return (np.asarray(rgb) > 0).any(axis=2)
 
 
-def load_mask(path: str | os.PathLike, size: int, expected_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read a mask as float32 (1, size, size) in {0, 1}: binarised at > 0, resized nearest.
+def load_mask(
+    path: str | os.PathLike, size: int, expected_size: tuple[int, int] | None = None, mode: str = "stretch"
+) -> torch.Tensor:
+    """Read a mask as float32 (1, size, size) in {0, 1}: binarised at > 0, resized nearest, placed by `mode`.
 
     `expected_size` is the image's own (width, height); a mask drawn at another size cannot be
     aligned with its image, so it is refused rather than stretched.
@@ -257,7 +397,4 @@ def load_mask(path: str | os.PathLike, size: int, expected_size: tuple[int, int]
         raise DataError(
             f"{path}: mask size {width}x{height} differs from its image's size {expected_size[0]}x{expected_size[1]}"
         )
-    tensor = torch.from_numpy(mask).float()[None, None]
-    if (height, width) != (size, size):
-        tensor = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
-    return tensor[0]
+    return _place(torch.from_numpy(mask).float()[None], size, mode, _nearest)

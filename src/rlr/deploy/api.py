@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from rlr import __version__
 from rlr.deploy.api_auth import TokenGuard
@@ -65,7 +66,9 @@ class ImageAnswer(BaseModel):
     name: str = Field(description="the uploaded file's name (X-Filename header, or the multipart filename)")
     class_name: str | None = Field(None, alias="class", description="class whose threshold was used")
     score: float = Field(description="raw image score (the run's scoring rule)")
-    normalized_score: float | None = Field(description="score / threshold: above 1 is anomalous; null uncalibrated")
+    normalised_score: float | None = Field(
+        description="score / (score + threshold): 0.5 at the threshold, above it anomalous; null uncalibrated"
+    )
     threshold: float | None
     decision: Literal["anomalous", "normal", ""] = Field(description="'' when the run is not calibrated")
     size: list[int] = Field(description="[width, height] of the image as decoded (EXIF orientation applied)")
@@ -226,6 +229,8 @@ def create_app(model: Model, limits: Limits = Limits(), token: str | None = None
             parsed = parse_body(body, request.headers.get("content-type"), request.headers.get("x-filename"))
         except RequestError as error:
             return _error(error.status, error.message, error.close)
+        except ClientDisconnect:  # gone mid-upload: no one reads this answer, and there is nothing to log
+            return _error(400, "the client closed the connection before sending the whole body", close=True)
         except asyncio.TimeoutError:
             return _error(408, f"upload not received within the {limits.request_timeout_s:g} s limit", close=True)
         chosen = class_name or parsed.fields.get("class") or None

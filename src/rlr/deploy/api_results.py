@@ -17,12 +17,14 @@ from PIL import Image
 
 from rlr.data.transforms import to_tensor
 from rlr.deploy.image_bytes import decode_image
-from rlr.deploy.model import Model
+from rlr.deploy.model import Model, PreparedImage
 from rlr.deploy.overlay import heat_scale, png_bytes, render_overlay
+from rlr.deploy.thresholds import normalised_score
 from rlr.deploy.uploads import Upload
 from rlr.results import PredictionResult
 
 OVERLAY_MAX_SIDE = 1024
+DISPLAY_BAND_ROWS = 256  # rows of the full-size pixels converted to 8 bits at once
 MapFormat = Literal["none", "png", "array"]
 
 
@@ -39,11 +41,7 @@ def score_uploads(
     model: Model, uploads: Sequence[Upload], class_name: str | None, options: ResultOptions, max_pixels: int
 ) -> list[dict]:
     """Decode, score and describe every upload; the first unreadable one raises its DataError."""
-    prepared, originals = [], []
-    for upload in uploads:
-        pixels = to_tensor(decode_image(upload.data, upload.name, max_pixels), upload.name)
-        originals.append(_display(pixels) if options.overlay else None)
-        prepared.append(model.prepare(pixels))
+    prepared, originals = zip(*(_prepare(model, upload, max_pixels, options.overlay) for upload in uploads))
     results = model.predict_prepared(prepared, class_name)
     return [
         describe(result, upload.name, original, options)
@@ -51,14 +49,22 @@ def score_uploads(
     ]
 
 
+def _prepare(model: Model, upload: Upload, max_pixels: int, overlay: bool) -> tuple[PreparedImage, Image.Image | None]:
+    """One upload resized for the model, and shrunk for display when asked. Its full-size pixels
+    die on return, before the next upload is decoded: held on, they would add one full-size float
+    copy to the peak of every request of several large images."""
+    pixels = to_tensor(decode_image(upload.data, upload.name, max_pixels), upload.name)
+    return model.prepare(pixels), (_display(pixels) if overlay else None)
+
+
 def describe(result: PredictionResult, name: str, original: Image.Image | None, options: ResultOptions) -> dict:
-    """One image's answer; `normalized_score` is score / threshold (above 1: anomalous)."""
+    """One image's answer; `normalised_score` is the same as `rlr predict`'s (0.5 at the threshold)."""
     threshold = result.threshold
     answer: dict = {
         "name": name,
         "class": result.class_name,
         "score": result.score,
-        "normalized_score": result.score / threshold if threshold else None,
+        "normalised_score": normalised_score(result.score, threshold),
         "threshold": threshold,
         "decision": result.decision,
         "size": list(result.original_size),
@@ -109,8 +115,16 @@ def data_url(png: bytes) -> str:
 
 
 def _display(pixels: torch.Tensor) -> Image.Image:
-    """The decoded pixels as 8-bit RGB for display (as `rlr predict` shows them), at most OVERLAY_MAX_SIDE."""
-    rgb = np.round(pixels.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+    """The decoded pixels as 8-bit RGB for display (as `rlr predict` shows them), at most OVERLAY_MAX_SIDE.
+
+    Converted DISPLAY_BAND_ROWS rows at a time: the whole image at once took two more full-size
+    float copies (700 MiB at 5600 x 5600), doubling the peak of a request that asks for overlays.
+    """
+    height, width = pixels.shape[-2:]
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, DISPLAY_BAND_ROWS):
+        band = pixels[:, top : top + DISPLAY_BAND_ROWS].expand(3, -1, -1).permute(1, 2, 0).numpy()
+        rgb[top : top + DISPLAY_BAND_ROWS] = np.round(band * 255.0)
     image = Image.fromarray(rgb)
     image.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE), Image.Resampling.BILINEAR)
     return image

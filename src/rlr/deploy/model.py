@@ -1,7 +1,8 @@
 """Score new images with a trained run: `model = rlr.load(run_dir); model.predict(images)`.
 
-The pipeline is the one `rlr test` runs: the image is read and resized by `load_image`'s rules,
-the anomaly map is computed at `data.image_size`, the image score follows the run's scoring rule
+The pipeline is the one `rlr test` runs: the image is read and resized by `load_image`'s rules
+(its aspect ratio as `data.resize` says; stretching a far-from-square image is warned about
+once), the anomaly map is computed at `data.image_size`, the image score follows the run's scoring rule
 (RLR: the max after a Gaussian filter, `eval.image_score_sigma`) and the returned map is smoothed
 as the pixel metrics use it (`eval.pixel_map_sigma`). One difference: `rlr test` reads backbone
 features from the float16 feature cache, `predict` computes them in float32, so the two agree to
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rlr.config import RunConfig
-from rlr.data.transforms import read_image, resize_image, to_tensor
+from rlr.data.transforms import StretchWarning, read_image, resize_image, to_tensor
 from rlr.deploy.thresholds import read_thresholds
 from rlr.engine.build import build_extractor, build_split, resolve_device, scoring_rule
 from rlr.engine.evaluate import load_run
@@ -86,6 +87,7 @@ class Model:
         self.thresholds = thresholds
         self.checkpoint_digest = checkpoint_digest
         self.class_names = _class_names(config, thresholds)
+        self._stretch_warning = StretchWarning(config.data.resize)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | None = None, use_thresholds: bool = True) -> Model:
@@ -144,8 +146,10 @@ class Model:
             pixels, path = image.detach().float().cpu(), None
         else:
             raise TypeError(f"cannot predict on a {type(image).__name__}: give a path, PIL image, array or tensor")
-        height, width = pixels.shape[-2:]
-        return PreparedImage(resize_image(pixels, self.image_size), (int(width), int(height)), path)
+        height, width = (int(side) for side in pixels.shape[-2:])
+        self._stretch_warning.check(width, height, path or f"<{type(image).__name__}>")
+        resized = resize_image(pixels, self.image_size, self.config.data.resize)
+        return PreparedImage(resized, (width, height), path)
 
     def predict(
         self,
@@ -185,7 +189,11 @@ class Model:
             for item, amap, score in zip(chunk, maps.cpu().numpy(), scores.cpu().tolist()):
                 name = class_name or (self.class_of(item.path) if item.path else None)
                 threshold = self.threshold_for(name)
-                results.append(PredictionResult(score, amap, threshold, name, item.original_size, item.path))
+                results.append(
+                    PredictionResult(
+                        score, amap, threshold, name, item.original_size, item.path, self.config.data.resize
+                    )
+                )
         return results
 
 

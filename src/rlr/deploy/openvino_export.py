@@ -78,8 +78,8 @@ def export_openvino(model: Model, out_dir: str | Path, opset: int = OPSET, verif
 def _verify(xml_path: Path, model: Model, example: torch.Tensor) -> dict:
     import openvino
 
-    from rlr.deploy.openvino_runner import CPU_CONFIG
+    from rlr.deploy.openvino_runner import compile_properties
 
-    compiled = openvino.Core().compile_model(str(xml_path), "CPU", CPU_CONFIG)
+    compiled = openvino.Core().compile_model(str(xml_path), "CPU", compile_properties())
     outputs = compiled(example.numpy())
     return compare_with_pytorch(model, outputs["map"], outputs["score"], example)

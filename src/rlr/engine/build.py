@@ -75,6 +75,7 @@ def build_cache(config: RunConfig, extractor: FeatureExtractor) -> FeatureCache:
         extractor.out_indices,
         extractor.smoothing,
         extractor.merge,
+        config.data.resize,
     )
     return FeatureCache(root, key)
 
@@ -96,6 +97,7 @@ def features_for(
         device=device,
         num_workers=config.train.num_workers,
         desc=desc,
+        resize=config.data.resize,
     )
     return features
 

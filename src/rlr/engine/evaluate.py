@@ -66,13 +66,13 @@ def predict_maps(
     return torch.cat(maps)
 
 
-def load_masks(records: Sequence[ImageRecord], image_size: int) -> np.ndarray:
-    """Ground truth at the evaluation size; a mask that does not fit its image is an error."""
+def load_masks(records: Sequence[ImageRecord], image_size: int, resize: str = "stretch") -> np.ndarray:
+    """Ground truth at the evaluation size, placed as the images are (`resize`); a mask that does not fit its image is an error."""
     masks = np.zeros((len(records), image_size, image_size), dtype=bool)
     for i, record in enumerate(records):
         if record.mask_path is not None:
             expected = stored_image_size(record.image_path)
-            masks[i] = load_mask(record.mask_path, image_size, expected_size=expected)[0].numpy() > 0
+            masks[i] = load_mask(record.mask_path, image_size, expected_size=expected, mode=resize)[0].numpy() > 0
     return masks
 
 
@@ -109,7 +109,7 @@ def test_results(
         scores = rule.image_scores(raw).numpy()
         maps = rule.pixel_maps(raw).numpy().astype(np.float32)
         labels = np.array([r.label for r in records])
-        masks = load_masks(records, size)
+        masks = load_masks(records, size, config.data.resize)
         metrics = compute_metrics(scores, labels, maps, masks)
         results[class_name] = ClassResult(list(records), scores, maps, masks, metrics)
     return config, results
@@ -120,6 +120,7 @@ def protocol(config: RunConfig) -> dict[str, object]:
     return {
         "model": config.model.name,
         "image_size": config.data.image_size,
+        "resize": config.data.resize,
         "mask_resize": "nearest neighbour, binarised at > 0",
         **scoring_rule(config).describe(),
         "aupro_fpr_limit": 0.3,

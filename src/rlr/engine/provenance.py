@@ -13,16 +13,16 @@ import numpy as np
 import timm
 import torch
 
-import rlr
 from rlr.atomic import write_text
 from rlr.config import RunConfig
 from rlr.data.types import ImageRecord
 from rlr.features.weights import file_digest
+from rlr.version import __version__
 
 
 def git_commit() -> str | None:
     """The commit of the rlr source tree when it is a git checkout, else None."""
-    source = Path(rlr.__file__).resolve().parent
+    source = Path(__file__).resolve().parents[1]  # the package folder
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=False
@@ -49,7 +49,7 @@ def write_run_info(run_dir: Path, config: RunConfig, records: Sequence[ImageReco
     info = {
         "seed": config.train.seed,
         "versions": {
-            "rlr": rlr.__version__,
+            "rlr": __version__,
             "torch": torch.__version__,
             "timm": timm.__version__,
             "numpy": np.__version__,

@@ -24,15 +24,24 @@ from typing import Any, ContextManager, Iterator, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from rlr.config import RunConfig, save_config
 from rlr.data.split import DatasetSplit
+from rlr.data.transforms import warn_if_stretched
 from rlr.data.types import ImageRecord
 from rlr.engine.build import build_cache, build_extractor, build_model, build_split, features_for
 from rlr.engine.distributed import Context, session
+from rlr.engine.progress import TrainingProgress, banner_lines, class_counts
 from rlr.engine.provenance import write_run_info
-from rlr.engine.runs import CHECKPOINT_NAME, prepare_run_dir, restore, run_dir_for, save_epoch
+from rlr.engine.runs import (
+    CHECKPOINT_NAME,
+    discard_staged,
+    prepare_run_dir,
+    replace_run,
+    restore,
+    run_dir_for,
+    save_epoch,
+)
 from rlr.engine.step import NonFiniteLoss, build_optimizer, learning_rate, train_step
 from rlr.errors import ConfigError, RlrError
 from rlr.models.base import Reconstructor
@@ -133,47 +142,54 @@ def train(
     """
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(config)
     with session(config.train.device) as context:
-        _train(config, run_dir, overwrite, resume, context)
+        try:
+            _train(config, run_dir, overwrite, resume, context)
+        except BaseException:
+            if context.is_main:
+                discard_staged(run_dir)  # an --overwrite that failed before its swap: the old run stays as it was
+            raise
     return run_dir
 
 
 def _train(config: RunConfig, run_dir: Path, overwrite: bool, resume: dict[str, Any] | None, context: Context) -> None:
-    split = _set_up(config, run_dir, overwrite, resume is not None, context)
+    split, folder = _set_up(config, run_dir, overwrite, resume is not None, context)
+    if context.is_main:  # said before the feature pass, which can take long
+        tested = [r.image_path for records in split.test.values() for r in records]
+        warn_if_stretched([*(r.image_path for r in split.train), *tested], config.data.resize)
     features = _train_features(config, split.train, context)
     if context.is_main:
-        write_run_info(run_dir, config, split.train, context.device)
-    run = _build(config, run_dir, features, context)
+        write_run_info(folder, config, split.train, context.device)
+    run = _build(config, folder, features, context)
     first_epoch = 1 if resume is None else _resume(run, resume)
     run.net = _runner(run)
     steps = run.steps_per_epoch
     run.net.train()
-    bar = tqdm(
-        total=config.train.epochs * steps,
-        initial=(first_epoch - 1) * steps,
-        desc="train",
-        unit="step",
-        disable=not context.is_main,
-    )
-    with bar:
+    with TrainingProgress(config.train.epochs, first_epoch, steps, enabled=context.is_main) as progress:
+        progress.banner(_banner(run, split, first_epoch, run_dir))
         for epoch in range(first_epoch, config.train.epochs + 1):
-            run.history.append(_train_epoch(run, epoch, bar))
+            run.history.append(_train_epoch(run, epoch, progress))
+            progress.epoch_done(run.history[-1])
             if context.is_main:
-                save_epoch(run_dir, _checkpoint(run, epoch))
+                save_epoch(run.run_dir, _checkpoint(run, epoch))
+            run.run_dir = replace_run(run.run_dir, run_dir)  # an --overwrite swaps in after its first checkpoint
 
 
-def _set_up(config: RunConfig, run_dir: Path, overwrite: bool, resuming: bool, context: Context) -> DatasetSplit:
-    """Refuse settings this machine cannot train, prepare the run folder, save the config; the data split."""
+def _set_up(
+    config: RunConfig, run_dir: Path, overwrite: bool, resuming: bool, context: Context
+) -> tuple[DatasetSplit, Path]:
+    """Refuse settings this machine cannot train, prepare the run folder, save the config; the data split
+    and the folder to write into (`runs.prepare_run_dir`)."""
     check_precision(config.train.precision, context.device)
     if config.train.release_stepping and context.distributed:
         raise ConfigError(
             "train.release_stepping steps once per level, which DDP's one all-reduce per step cannot follow"
         )
     split = build_split(config)
-    if not resuming:  # every process checks, before the barrier, so a refusal stops them all
-        prepare_run_dir(run_dir, overwrite)
+    # every process checks, before the barrier, so a refusal stops them all
+    folder = run_dir if resuming else prepare_run_dir(run_dir, overwrite)
     if context.is_main:
-        save_config(config, run_dir / "config.yaml")
-    return split
+        save_config(config, folder / "config.yaml")
+    return split, folder
 
 
 def _build(config: RunConfig, run_dir: Path, features: list[torch.Tensor], context: Context) -> _Run:
@@ -218,7 +234,26 @@ def _resume(run: _Run, state: dict[str, Any]) -> int:
     return state["epoch"] + 1
 
 
-def _train_epoch(run: _Run, epoch: int, bar: tqdm) -> dict[str, Any]:
+def _banner(run: _Run, split: DatasetSplit, first_epoch: int, run_dir: Path) -> list[str]:
+    """The start banner's facts, read off this run (`engine.progress.banner_lines` words them)."""
+    context, t = run.context, run.config.train
+    device = str(context.device)
+    if context.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(context.device)})"
+    return banner_lines(
+        device,
+        torch.get_num_threads(),
+        context.world_size,
+        class_counts(split.train),
+        t.epochs,
+        first_epoch,
+        run.steps_per_epoch,
+        t.batch_size,
+        run_dir,
+    )
+
+
+def _train_epoch(run: _Run, epoch: int, progress: TrainingProgress) -> dict[str, Any]:
     """One pass over the shuffled features; returns the epoch's log record."""
     config, context, t = run.config, run.context, run.config.train
     started = time.perf_counter()
@@ -248,8 +283,7 @@ def _train_epoch(run: _Run, epoch: int, bar: tqdm) -> dict[str, Any]:
                 f"{run.run_dir / CHECKPOINT_NAME} keeps the last good epoch ({epoch - 1})"
             ) from None
         total += loss * len(batch)
-        bar.set_postfix(epoch=f"{epoch}/{t.epochs}", loss=f"{loss:.4f}")
-        bar.update(1)
+        progress.step(epoch, loss)
     record: dict[str, Any] = {
         "epoch": epoch,
         "loss": total / run.padded_count,

@@ -2,7 +2,7 @@
 
 The backbone is frozen and training uses no image augmentation, so an image's features depend
 only on the file's bytes and the extractor's settings. An entry's name is a hash of both: any
-change (file content, backbone, weights, image size, layers, smoothing) gives a new name, so
+change (file content, backbone, weights, image size, resize rule, layers, smoothing) gives a new name, so
 stale entries are never read. Entries are float16, written atomically; an entry that cannot be
 read back (from a crash of an older writer, a full disk, tampering) is recomputed, never trusted.
 """
@@ -35,6 +35,7 @@ def extractor_key(
     out_indices: Sequence[int],
     smoothing: int,
     merge: bool = False,
+    resize: str = "stretch",
 ) -> str:
     """A stable hash of every extractor setting that changes the features."""
     settings = {
@@ -45,6 +46,7 @@ def extractor_key(
         "out_indices": list(out_indices),
         "smoothing": smoothing,
         **({"merge": True} if merge else {}),  # absent when off, so existing caches stay valid
+        **({"resize": resize} if resize != "stretch" else {}),  # likewise
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -33,6 +33,7 @@ def extract_features(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     desc: str = "features",
+    resize: str = "stretch",
 ) -> tuple[list[torch.Tensor], ExtractionStats]:
     """Per level, a float16 tensor (N, C, h, w) in the order of `records`.
 
@@ -44,7 +45,7 @@ def extract_features(
     missing = [i for i, maps in enumerate(found) if maps is None]
     stats = ExtractionStats(cached=len(records) - len(missing), computed=len(missing))
     if missing:
-        dataset = Subset(ImageDataset(list(records), image_size), missing)
+        dataset = Subset(ImageDataset(list(records), image_size, resize), missing)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         extractor.to(device)
         position = 0

@@ -86,8 +86,11 @@ def image_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def failure_grid(result: ClassResult, failures: ClassFailures, image_size: int) -> bytes:
-    """False alarms then misses as columns of (image, ground truth, map), on the class's colour scale."""
+def failure_grid(result: ClassResult, failures: ClassFailures, image_size: int, resize: str = "stretch") -> bytes:
+    """False alarms then misses as columns of (image, ground truth, map), on the class's colour scale.
+
+    `resize` (the run's data.resize) places each image as the model saw it, under its map.
+    """
     cases = failures.false_alarms + failures.misses
     total = len(result.records)
     titles = []
@@ -96,7 +99,7 @@ def failure_grid(result: ClassResult, failures: ClassFailures, image_size: int) 
         kind = "normal" if record.label <= 0 else record.defect_type[:14]
         titles.append(f"{kind}, rank {case.rank}/{total}\nscore {case.score:.3g}")
     return heatmap_grid(
-        [display_image(result.records[c.index].image_path, image_size) for c in cases],
+        [display_image(result.records[c.index].image_path, image_size, resize) for c in cases],
         [result.masks[c.index] for c in cases],
         [result.maps[c.index] for c in cases],
         titles,

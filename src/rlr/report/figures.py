@@ -2,6 +2,7 @@
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no display, no pyplot global
 state) and stored as 256-colour PNGs, which keeps an HTML report with every class's grid small.
+Every text from data reaches matplotlib through `plot_text` (names need not be UTF-8).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from matplotlib.image import AxesImage
 from PIL import Image
 
 from rlr.data.transforms import load_image
+from rlr.report.text import plot_text
 
 PANEL_INCHES = 1.7  # one thumbnail: 170 px at DPI
 DPI = 100
@@ -61,7 +63,7 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> by
     ax = fig.add_subplot()
     palette = colormaps["tab20"]
     for i, (name, (fpr, tpr, area)) in enumerate(curves.items()):
-        ax.plot(fpr, tpr, color=palette(i % 20), linewidth=1.4, label=f"{name} ({100 * area:.1f})")
+        ax.plot(fpr, tpr, color=palette(i % 20), linewidth=1.4, label=plot_text(f"{name} ({100 * area:.1f})"))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
     ax.set_title("Image-level ROC per class (I-AUROC %)", fontsize=10)
@@ -70,9 +72,13 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> by
     return _png(fig)
 
 
-def display_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """(size, size, 3) floats in [0, 1]: the image resized as the model saw it, before normalisation."""
-    return load_image(path, size).permute(1, 2, 0).numpy()
+def display_image(path: str | os.PathLike, size: int, resize: str = "stretch") -> np.ndarray:
+    """(size, size, 3) floats in [0, 1]: the image as the model saw it, before normalisation.
+
+    `resize` is the run's data.resize, so the picture sits where its map does (a letterboxed run
+    shows the padding, a center_crop run the crop).
+    """
+    return load_image(path, size, mode=resize).permute(1, 2, 0).numpy()
 
 
 def show_mask(ax: Axes, mask: np.ndarray) -> None:
@@ -118,7 +124,7 @@ def heatmap_grid(
     for col, (image, mask, amap, title) in enumerate(zip(images, masks, maps, titles)):
         top, middle, bottom = axes[:, col]
         top.imshow(image)
-        top.set_title(title, fontsize=8)
+        top.set_title(plot_text(title), fontsize=8)
         show_mask(middle, mask)
         overlay = show_overlay(bottom, image, amap, mask, vmin, vmax)
     clear_ticks(axes.flat)

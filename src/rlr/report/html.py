@@ -1,13 +1,13 @@
-"""One self-contained HTML page per tested run: protocol, metric table, ROC curves, failures, heatmaps.
+"""One self-contained HTML page per tested run: protocol, metric table, ROC curves, decisions at the
+calibrated threshold, training loss, failures, heatmaps.
 
 Everything is inline (CSS, base64 PNGs), so the file can be mailed or opened offline; every
-text that comes from data (class names, paths, settings) goes through `html.escape`.
+text that comes from data (class names, paths, settings) goes through `html_text` (escaped, and
+undecodable bytes of a file name shown as `\\xNN`, so the page stays valid UTF-8).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from rlr.atomic import write_text
 from rlr.metrics import METRIC_NAMES, auroc
+from rlr.report.decisions import Calibration, decisions_section
 from rlr.report.failures import (
     FAILURE_CLASSES,
     FAILURE_IMAGES,
@@ -27,6 +28,8 @@ from rlr.report.failures import (
 )
 from rlr.report.figures import display_image, heatmap_grid, pick_examples, roc_curve, roc_figure
 from rlr.report.tables import percent
+from rlr.report.text import html_text, png_tag
+from rlr.report.training import LossCurve, loss_section
 from rlr.results import ClassResult
 
 REPORT_NAME = "report.html"
@@ -54,11 +57,6 @@ figure { margin: 1em 0 2em; } figcaption { font-size: 0.9em; color: #444; }
 """
 
 
-def _png_tag(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
-
-
 def worst_classes(per_class: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     """The lowest-mAD classes: 2, or 1 when fewer than 4 classes have an mAD (none for one)."""
     ranked = rank_classes(per_class)
@@ -67,7 +65,7 @@ def worst_classes(per_class: Mapping[str, Mapping[str, float | None]]) -> list[s
 
 def _metrics_section(per_class: Mapping[str, Mapping[str, float | None]], mean: Mapping[str, float | None]) -> str:
     worst = set(worst_classes(per_class))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    head = "".join(f"<th>{html_text(c)}</th>" for c in COLUMNS)
     rows = []
     for name, row in per_class.items():
         cells = []
@@ -77,7 +75,7 @@ def _metrics_section(per_class: Mapping[str, Mapping[str, float | None]], mean: 
             cells.append(f'<td class="low">{percent(value)}</td>' if low else f"<td>{percent(value)}</td>")
         tag = '<span class="tag">worst</span>' if name in worst else ""
         css = ' class="worst"' if name in worst else ""
-        rows.append(f"<tr{css}><th>{html.escape(name)}{tag}</th>{''.join(cells)}</tr>")
+        rows.append(f"<tr{css}><th>{html_text(name)}{tag}</th>{''.join(cells)}</tr>")
     mean_cells = "".join(f"<td>{percent(mean.get(c))}</td>" for c in COLUMNS)
     rule = (
         f"Values in percent, one decimal; n/a where a metric is undefined. Rows marked "
@@ -105,20 +103,20 @@ def _roc_section(results: Mapping[str, ClassResult]) -> str:
             curves[name] = (*curve, auroc(result.scores, labels))
     parts = ["<h2>Image-level ROC</h2>"]
     if curves:
-        parts.append(_png_tag(roc_figure(curves), "image-level ROC curves per class"))
+        parts.append(png_tag(roc_figure(curves), "image-level ROC curves per class"))
     if skipped:
-        names = ", ".join(html.escape(n) for n in skipped)
+        names = ", ".join(html_text(n) for n in skipped)
         parts.append(f'<p class="note">No ROC curve (test set holds only one label): {names}.</p>')
     return "\n".join(parts) + "\n"
 
 
-def _class_examples(name: str, result: ClassResult, image_size: int, count: int) -> str:
+def _class_examples(name: str, result: ClassResult, image_size: int, resize: str, count: int) -> str:
     labels = np.array([r.label for r in result.records])
     chosen = pick_examples(result.scores, labels, count)
     if not chosen:
-        return f'<h3>{html.escape(name)}</h3>\n<p class="note">No test images.</p>\n'
+        return f'<h3>{html_text(name)}</h3>\n<p class="note">No test images.</p>\n'
     records = [result.records[i] for i in chosen]
-    images = [display_image(r.image_path, image_size) for r in records]
+    images = [display_image(r.image_path, image_size, resize) for r in records]
     titles = [
         f"{'defect' if r.label > 0 else 'normal'}: {r.defect_type[:16]}\nscore {result.scores[i]:.3g}"
         for r, i in zip(records, chosen)
@@ -132,22 +130,22 @@ def _class_examples(name: str, result: ClassResult, image_size: int, count: int)
         vmax=float(result.maps.max()),
     )
     files = "; ".join(
-        f"{k}. {html.escape(Path(r.image_path).parent.name + '/' + Path(r.image_path).name)}"
+        f"{k}. {html_text(Path(r.image_path).parent.name + '/' + Path(r.image_path).name)}"
         for k, r in enumerate(records, 1)
     )
     return (
-        f"<h3>{html.escape(name)}</h3>\n<figure>{_png_tag(png, f'example heatmaps for {name}')}\n"
+        f"<h3>{html_text(name)}</h3>\n<figure>{png_tag(png, f'example heatmaps for {name}')}\n"
         f"<figcaption>{files}</figcaption></figure>\n"
     )
 
 
-def _failure_items(result: ClassResult, image_size: int) -> str:
+def _failure_items(result: ClassResult, image_size: int, resize: str) -> str:
     """One class's failure grid and, per column, its file, score, rank and the images it crosses."""
     failures = find_failures(result.scores, np.array([r.label for r in result.records]))
     total = len(result.records)
     items = []
     for case in failures.false_alarms:
-        name = html.escape(image_name(result.records[case.index].image_path))
+        name = html_text(image_name(result.records[case.index].image_path))
         items.append(
             f"<li>normal <code>{name}</code>: score {case.score:.4g}, rank {case.rank} of {total}, "
             f"above {case.crossed} of {failures.n_defective} defective images</li>"
@@ -155,22 +153,22 @@ def _failure_items(result: ClassResult, image_size: int) -> str:
     for case in failures.misses:
         record = result.records[case.index]
         items.append(
-            f"<li>{html.escape(record.defect_type)} <code>{html.escape(image_name(record.image_path))}</code>: "
+            f"<li>{html_text(record.defect_type)} <code>{html_text(image_name(record.image_path))}</code>: "
             f"score {case.score:.4g}, rank {case.rank} of {total}, below {case.crossed} of "
             f"{failures.n_normal} normal images</li>"
         )
-    figure = _png_tag(failure_grid(result, failures, image_size), "false alarms and misses")
+    figure = png_tag(failure_grid(result, failures, image_size, resize), "false alarms and misses")
     return f"<figure>{figure}\n<figcaption><ol>{''.join(items)}</ol></figcaption></figure>\n"
 
 
-def _failures_section(results: Mapping[str, ClassResult], image_size: int) -> str:
+def _failures_section(results: Mapping[str, ClassResult], image_size: int, resize: str) -> str:
     per_class = {name: result.metrics for name, result in results.items()}
     ranked = rank_classes(per_class)
-    head = "".join(f"<th>{html.escape(m)}</th>" for m in RANK_METRICS)
+    head = "".join(f"<th>{html_text(m)}</th>" for m in RANK_METRICS)
     rows = []
     for position, name in enumerate(ranked, 1):
         cells = "".join(f"<td>{percent(per_class[name].get(m))}</td>" for m in RANK_METRICS)
-        rows.append(f"<tr><td>{position}</td><th>{html.escape(name)}</th>{cells}</tr>")
+        rows.append(f"<tr><td>{position}</td><th>{html_text(name)}</th>{cells}</tr>")
     note = (
         f"Classes ranked by mAD, worst first. For the {FAILURE_CLASSES} lowest-ranked classes (every ranked "
         f"class when there are at most {FAILURE_CLASSES}): the {FAILURE_IMAGES} highest-scored normal test "
@@ -183,7 +181,7 @@ def _failures_section(results: Mapping[str, ClassResult], image_size: int) -> st
     table = f'<table id="ranking">\n<thead><tr><th>rank</th><th>class</th>{head}</tr></thead>\n<tbody>\n{body}\n'
     parts = ['<h2 id="failures">Failure analysis</h2>', f"{table}</tbody>\n</table>", f'<p class="note">{note}</p>']
     for name in analysed_classes(per_class):
-        parts.append(f"<h3>{html.escape(name)}</h3>\n{_failure_items(results[name], image_size)}")
+        parts.append(f"<h3>{html_text(name)}</h3>\n{_failure_items(results[name], image_size, resize)}")
     return "\n".join(parts) + "\n"
 
 
@@ -194,38 +192,49 @@ def write_html_report(
     protocol: Mapping[str, object],
     image_size: int,
     examples_per_class: int = 4,
+    calibration: Calibration | None = None,
+    losses: LossCurve | None = None,
+    resize: str = "stretch",
 ) -> Path:
-    """Write `run_dir/report.html` atomically and return its path."""
+    """Write `run_dir/report.html` atomically and return its path.
+
+    `resize` is the run's data.resize: thumbnails are placed as the model saw them, under their maps.
+
+    `calibration` and `losses` are what the run folder adds (its thresholds, its training log):
+    each gives its section; None leaves the section out (results that belong to no run).
+    """
     run_dir = Path(run_dir)
     per_class = {name: result.metrics for name, result in results.items()}
     settings = "\n".join(
-        f"<li><code>{html.escape(str(key))}</code>: {html.escape(str(value))}</li>" for key, value in protocol.items()
+        f"<li><code>{html_text(str(key))}</code>: {html_text(str(value))}</li>" for key, value in protocol.items()
     )
-    failures = _failures_section(results, image_size)
+    failures = _failures_section(results, image_size, resize)
     analysed = set(analysed_classes(per_class))
     examples = "".join(
-        f'<h3>{html.escape(n)}</h3>\n<p class="note">Shown under <a href="#failures">failure analysis</a>.</p>\n'
+        f'<h3>{html_text(n)}</h3>\n<p class="note">Shown under <a href="#failures">failure analysis</a>.</p>\n'
         if n in analysed
-        else _class_examples(n, r, image_size, examples_per_class)
+        else _class_examples(n, r, image_size, resize, examples_per_class)
         for n, r in results.items()
     )
+    decisions = "" if calibration is None else decisions_section(results, calibration)
+    training = "" if losses is None else loss_section(losses)
     title = f"RLR report: {run_dir.name}"
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
+<title>{html_text(title)}</title>
 <style>{STYLE}</style>
 </head>
 <body>
-<h1>{html.escape(title)}</h1>
-<p class="note">Run directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>
+<h1>{html_text(title)}</h1>
+<p class="note">Run directory: <code>{html_text(str(run_dir.resolve()))}</code></p>
 <h2>Protocol</h2>
 <ul id="protocol">
 {settings}
 </ul>
-{_metrics_section(per_class, mean)}{_roc_section(results)}{failures}<h2>Example heatmaps</h2>
+{_metrics_section(per_class, mean)}{_roc_section(results)}{decisions}{training}{failures}<h2>Example heatmaps</h2>
 <p class="note">Per class: the highest- and lowest-scored defective images and the highest-scored
 normal one, then further images by score (classes analysed above show their failures there instead).
 Rows: image, ground-truth mask, anomaly map over the image with the ground-truth outline in white;

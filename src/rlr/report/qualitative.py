@@ -36,6 +36,7 @@ from rlr.engine.build import build_split
 from rlr.engine.evaluate import test_results
 from rlr.errors import RlrError
 from rlr.report.figures import DPI, PANEL_INCHES, _png, clear_ticks, display_image, show_mask, show_overlay
+from rlr.report.text import plot_text
 from rlr.results import ClassResult
 
 DEFAULT_SAMPLES = 6
@@ -130,13 +131,13 @@ def qualitative_figure(rows: Sequence[FigureRow], run_labels: Sequence[str]) -> 
         first = r == 0  # column titles go above the first row
         vmax = max(1.0, *(float(m.max()) for m in row.maps))
         axes[r, 0].imshow(row.image)
-        axes[r, 0].set_title(("image\n" if first else "") + row.heading, fontsize=7)
+        axes[r, 0].set_title(plot_text(("image\n" if first else "") + row.heading), fontsize=7)
         show_mask(axes[r, 1], row.mask)
-        axes[r, 1].set_title(("ground truth\n" if first else "") + row.name, fontsize=7)
+        axes[r, 1].set_title(plot_text(("ground truth\n" if first else "") + row.name), fontsize=7)
         overlay = None
         for c, (amap, note, label) in enumerate(zip(row.maps, row.notes, run_labels)):
             overlay = show_overlay(axes[r, 2 + c], row.image, amap, row.mask, 0.0, vmax)
-            axes[r, 2 + c].set_title(f"{label}\n{note}" if first else note, fontsize=7)
+            axes[r, 2 + c].set_title(plot_text(f"{label}\n{note}" if first else note), fontsize=7)
         if overlay is not None:
             fig.colorbar(overlay, ax=axes[r, 2:].tolist(), shrink=0.9, aspect=12).ax.tick_params(labelsize=6)
     clear_ticks(axes.flat)
@@ -208,7 +209,19 @@ def _at_size(amap: np.ndarray, size: int) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def _row(class_name: str, index: int, per_run: Sequence[ClassResult], size: int) -> FigureRow:
+def _shared_resize(run_dirs: Sequence[Path], configs: Sequence[RunConfig]) -> str:
+    """The runs' one data.resize: maps placed by different rules do not line up on one image."""
+    first = configs[0].data.resize
+    for run_dir, config in zip(run_dirs, configs):
+        if config.data.resize != first:
+            raise RlrError(
+                f"runs {run_dirs[0]} and {run_dir} place images differently "
+                f"(data.resize {first} vs {config.data.resize}): their maps cannot share one image"
+            )
+    return first
+
+
+def _row(class_name: str, index: int, per_run: Sequence[ClassResult], size: int, resize: str) -> FigureRow:
     first = per_run[0]
     record = first.records[index]
     labels = np.array([r.label for r in first.records])
@@ -221,7 +234,7 @@ def _row(class_name: str, index: int, per_run: Sequence[ClassResult], size: int)
         notes.append(f"score {score:.3g}, rank {rank}/{len(result.scores)}")
     heading = f"{class_name} / {record.defect_type}"[:LABEL_CHARS]
     name = Path(record.image_path).name[:LABEL_CHARS]
-    return FigureRow(display_image(record.image_path, size), first.masks[index], maps, heading, name, notes)
+    return FigureRow(display_image(record.image_path, size, resize), first.masks[index], maps, heading, name, notes)
 
 
 def write_qualitative(
@@ -239,6 +252,7 @@ def write_qualitative(
     if samples < 1:
         raise RlrError(f"--samples must be at least 1, got {samples}")
     shared = check_same_images(run_dirs)
+    resize = _shared_resize(run_dirs, [load_config(d / "config.yaml") for d in run_dirs])  # before any scoring
     unknown = sorted(set(classes or ()) - set(shared))
     if unknown:
         raise RlrError(f"no class {', '.join(unknown)} in these runs (they have {', '.join(shared)})")
@@ -256,7 +270,10 @@ def write_qualitative(
         if not rows:
             raise RlrError(f"no defective test image in {', '.join(labels)}: nothing to compare")
 
-    size = tested[0][0].data.image_size
-    figure_rows = [_row(name, index, [per_class[name] for per_class in results], size) for name, index, _ in rows]
-    write_bytes(out, qualitative_figure(figure_rows, run_labels(run_dirs, [config for config, _ in tested])))
+    configs = [config for config, _ in tested]
+    size = configs[0].data.image_size
+    figure_rows = [
+        _row(name, index, [per_class[name] for per_class in results], size, resize) for name, index, _ in rows
+    ]
+    write_bytes(out, qualitative_figure(figure_rows, run_labels(run_dirs, configs)))
     return [Pick(name, index, results[0][name].records[index].image_path, spread) for name, index, spread in rows]
