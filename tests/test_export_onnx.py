@@ -64,6 +64,15 @@ def test_onnx_runner_matches_pytorch_on_the_demo_test_images(exported, tiny_demo
     assert_parity(rlr.load(run_dir, "cpu"), onnx_runner.OnnxScorer(out / "model.onnx"), paths)
 
 
+def test_global_reference_reach_exports_with_parity(tiny_demo, feature_cache_dir, tmp_path):
+    """LCA over the whole reference (no window gather, no mask) goes through the ONNX export unchanged."""
+    config = tiny_config(tiny_demo, feature_cache_dir, "train.epochs=1", "model.reference_reach=global")
+    run_dir = train(config, tmp_path / "global")
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    paths = sorted(tiny_demo.glob("*/test/*/*.png"))[:4]
+    assert_parity(rlr.load(run_dir, "cpu"), onnx_runner.OnnxScorer(run_dir / "onnx" / "model.onnx"), paths)
+
+
 def test_copied_runner_works_without_torch_or_rlr(exported, tiny_demo, tmp_path):
     run_dir, out = exported
     path = next(tiny_demo.glob("brick/test/good/*.png"))

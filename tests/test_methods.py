@@ -40,6 +40,21 @@ def test_uniad_yaml_equals_the_packaged_preset():
     assert load_config(CONFIGS / "uniad_cpu.yaml").to_dict() == preset_config("uniad_cpu").to_dict()
 
 
+def test_realmini_uniad_is_the_cpu_preset_at_the_benchmarks_budget():
+    """The methods study's UniAD differs from the small preset only in what the realmini RLR also sets."""
+    realmini, preset = load_config(CONFIGS / "uniad_realmini_cpu.yaml"), preset_config("uniad_cpu")
+    rlr_realmini = load_config(CONFIGS / "rlr_realmini_cpu.yaml")
+    assert (realmini.train.epochs, realmini.train.batch_size) == (
+        rlr_realmini.train.epochs,
+        rlr_realmini.train.batch_size,
+    )
+    assert realmini.data.format == rlr_realmini.data.format
+    same = {**realmini.to_dict(), "name": preset.name}
+    same["train"] = {**same["train"], "epochs": preset.train.epochs}
+    same["data"] = {**same["data"], "format": preset.data.format}
+    assert same == preset.to_dict()
+
+
 def test_paper_uniad_config_has_the_release_settings():
     config = load_config(CONFIGS / "uniad_mvtec.yaml")
     assert (config.model.name, config.backbone.merge, config.backbone.out_indices) == ("uniad", True, [0, 1, 2, 3])

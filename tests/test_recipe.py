@@ -121,6 +121,59 @@ def test_input_dropout_acts_in_training_only_and_zero_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(plain(features), noisy(features)))
 
 
+# --- reference reach: LCA over the reference's window (paper) or all of it ---
+
+
+def lca_only(model: RLR) -> RLR:
+    """The model with every MLKA silenced, so the output shows what LCA reads of the reference."""
+    for level in model.levels:
+        for layer in level.layers:
+            layer.mlka.forward = lambda query, *rest: torch.zeros_like(query)
+    return model
+
+
+def reference_gradient(config, position: int) -> torch.Tensor:
+    """|d output[position] / d reference| per reference token of the first level (LCA only)."""
+    model = lca_only(small_model(config)).eval()
+    model(  # the first level's output at one position, summed over channels
+        [torch.randn(1, 8, 6, 6), torch.randn(1, 12, 4, 4)]
+    )[0].flatten(2)[0, :, position].sum().backward()
+    return model.levels[0].reference.grad.abs().sum(-1)
+
+
+def test_global_reach_reads_the_whole_reference_and_window_reach_only_its_window():
+    corner = 0  # position (0, 0) of the 6 x 6 map; its 3 x 3 window holds tokens 0, 1, 6, 7
+    window = reference_gradient(small_config(), corner)
+    whole = reference_gradient(small_config("model.reference_reach=global"), corner)
+    inside = torch.zeros(36, dtype=torch.bool)
+    inside[[0, 1, 6, 7]] = True
+    assert torch.all(window[~inside] == 0) and torch.all(window[inside] > 0)
+    assert torch.all(whole > 0)
+
+
+def test_global_reach_has_the_same_parameters_and_one_softmax_over_all_references():
+    window = small_model(small_config("model.num_references=2"))
+    whole = small_model(small_config("model.num_references=2", "model.reference_reach=global"))
+    shapes = {name: tensor.shape for name, tensor in window.state_dict().items()}
+    assert shapes == {name: tensor.shape for name, tensor in whole.state_dict().items()}  # checkpoints interchange
+    whole.load_state_dict(window.state_dict())
+    layer, level = whole.levels[0].layers[0], whole.levels[0]
+    tokens = torch.randn(2, 36, 16)
+    references = level.embedded_references()  # (2, 36, 16)
+    q = layer.lca.q_proj(tokens).view(2, 36, 2, 8).transpose(1, 2)
+    k = layer.lca.k_proj(references.reshape(72, 16)).view(1, 72, 2, 8).transpose(1, 2)
+    v = layer.lca.v_proj(references.reshape(72, 16)).view(1, 72, 2, 8).transpose(1, 2)
+    weights = (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1)  # one softmax over both references' 72 tokens
+    expected = layer.lca.out_proj((weights @ v).transpose(1, 2).reshape(2, 36, 16))
+    flat = references.reshape(1, 72, 16)
+    assert torch.allclose(layer.lca(tokens, flat, flat, None), expected, atol=1e-6)
+    calls = []  # and the layer itself makes exactly that one call, with every reference's tokens
+    read = layer.lca.forward
+    layer.lca.forward = lambda *args: calls.append(args) or read(*args)
+    layer(tokens, references, level.window_index, level.window_valid, level.far_mask)
+    assert len(calls) == 1 and torch.equal(calls[0][1], flat) and calls[0][3] is None
+
+
 # --- learning-rate schedule ---
 
 
@@ -224,6 +277,7 @@ def test_release_stepping_steps_once_per_level_on_one_adam():
         ("train.schedule=linear", "unknown train.schedule 'linear'"),
         ("train.loss=l1", "unknown train.loss 'l1'"),
         ("model.init=xavier", "unknown model.init 'xavier'"),
+        ("model.reference_reach=far", "unknown model.reference_reach 'far'"),
         ("train.warmup_steps=-1", "train.warmup_steps must be 0 or more"),
         ("train.release_stepping=yes please", "train.release_stepping must be true or false"),
     ],

@@ -64,6 +64,7 @@ LATER_SETTINGS = (
     "data.normal_test_ratio",
     "data.split_seed",
     "data.resize",
+    "model.reference_reach",
 )
 
 
@@ -113,6 +114,7 @@ RECIPE = (
     Variant("input dropout 0.2", "dropout", ("model.input_dropout=0.2",)),
     Variant("input dropout 0.2, no jitter", "dropout_nojitter", ("model.input_dropout=0.2", "train.jitter_scale=0")),
     Variant("cosine schedule, 100 warm-up steps", "warmcos", ("train.schedule=cosine", "train.warmup_steps=100")),
+    Variant("reference read whole (global LCA)", "global_ref", ("model.reference_reach=global",)),
     Variant("release initialisation", "release_init", ("model.init=release",)),
     Variant("release stepping (one step per level)", "release_step", ("train.release_stepping=true",)),
     Variant("backbone EfficientNet-Lite1", "lite1", ("backbone.name=tf_efficientnet_lite1",)),

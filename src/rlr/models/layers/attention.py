@@ -31,7 +31,8 @@ class MaskedAttention(nn.Module):
     """Multi-head attention whose (HW, HW) boolean mask says which keys each query may see.
 
     Keys and values may carry a batch dimension of 1 (a shared reference), which is broadcast
-    over the queries' batch without copying.
+    over the queries' batch without copying. Without a mask every query sees every key, and the
+    keys may then be more or fewer than the queries.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -49,9 +50,9 @@ class MaskedAttention(nn.Module):
         return x.view(batch, tokens, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None
     ) -> torch.Tensor:
-        """query (B, N, d); key, value (B or 1, N, d); allowed (N, N) bool -> (B, N, d)."""
+        """query (B, N, d); key, value (B or 1, M, d); allowed (N, M) bool or None (all) -> (B, N, d)."""
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))

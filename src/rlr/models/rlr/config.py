@@ -7,7 +7,7 @@ from typing import ClassVar, Sequence, cast
 
 from rlr.errors import ConfigError
 from rlr.models.base import ModelConfig, RunSettings
-from rlr.models.rlr.network import INITS, RLR
+from rlr.models.rlr.network import INITS, REACHES, RLR
 from rlr.validation import check_attention, check_choice, check_per_level, check_range, check_window
 
 FUSIONS = ("alpha", "theta")
@@ -24,6 +24,7 @@ class RLRConfig(ModelConfig):
     dropout: float = 0.0
     input_dropout: float = 0.0  # dropout on the embedded input tokens while training (Dinomaly's noisy bottleneck: 0.2)
     init: str = "torch"  # "torch": nn.Linear defaults; "release": the authors' (Kaiming-normal embeddings, Xavier attention, zero biases)
+    reference_reach: str = "window"  # "window": LCA reads the reference near each position (paper); "global": all
     fusion: str = "alpha"  # "alpha": alpha * LCA + MLKA; "theta": theta1 * MLKA + theta2 * LCA, learned per layer
     alpha: float = 2.0
     theta_init: list[float] = field(default_factory=lambda: [1.0, 1.0])  # (theta1 for MLKA, theta2 for LCA)
@@ -39,6 +40,7 @@ class RLRConfig(ModelConfig):
         "dropout": "dropout inside the transformer",
         "input_dropout": "dropout on the embedded input tokens while training",
         "init": "weight initialisation, torch defaults or release (the authors')",
+        "reference_reach": "what LCA reads of the reference, the window around each position or all of it (global)",
         "fusion": "how local and masked attention combine, alpha or theta",
         "alpha": "alpha of fusion alpha (alpha x LCA + MLKA)",
         "theta_init": "starting (theta1 for MLKA, theta2 for LCA) of fusion theta",
@@ -58,6 +60,7 @@ def validate(config: RunSettings) -> None:
     check_attention(m)
     check_choice("model.fusion", m.fusion, FUSIONS)
     check_choice("model.init", m.init, INITS)
+    check_choice("model.reference_reach", m.reference_reach, REACHES)
     check_range("model.input_dropout", m.input_dropout, 0.0, 1.0, high_open=True)
     if len(m.theta_init) != 2:
         raise ConfigError("model.theta_init needs two values: (theta1 for MLKA, theta2 for LCA)")
@@ -86,4 +89,5 @@ def build(m: RLRConfig, channels: Sequence[int], map_sizes: Sequence[tuple[int, 
         diversity_weight=m.diversity_weight,
         input_dropout=m.input_dropout,
         init=m.init,
+        reach=m.reference_reach,
     )

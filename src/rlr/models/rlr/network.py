@@ -22,6 +22,7 @@ from rlr.models.layers.position import sincos_position_encoding
 
 DEFAULT_WINDOWS = {16: 5, 32: 7, 64: 11}  # map side -> LCA/MLKA window w (the paper's choice)
 INITS = ("torch", "release")
+REACHES = ("window", "global")  # what LCA reads of the reference: the w x w window around a position, or all of it
 
 
 def resolve_window(map_size: tuple[int, int], window: int | None) -> int:
@@ -42,6 +43,12 @@ class RLRLayer(nn.Module):
 
     Fusion 'alpha' (the paper's Eq. 4) is alpha * LCA + MLKA with a fixed alpha; 'theta' (the
     supplementary's Eq. 1) is theta1 * MLKA + theta2 * LCA with both weights learned.
+
+    Reach 'window' is the paper's LCA (each position reads each reference in its w x w window,
+    one attention per reference, summed). Reach 'global' reads every token of every reference in
+    one attention, so the reference acts as a position-free learned dictionary of K x HW
+    prototypes (the position code still lets it prefer nearby ones): texture that repeats
+    anywhere in the image need not be learned at every position.
     """
 
     def __init__(
@@ -53,15 +60,19 @@ class RLRLayer(nn.Module):
         fusion: str = "alpha",
         theta_init: tuple[float, float] = (1.0, 1.0),
         dropout: float = 0.0,
+        reach: str = "window",
     ) -> None:
         super().__init__()
         if fusion not in ("alpha", "theta"):
             raise ValueError(f"unknown fusion '{fusion}' (known: alpha, theta)")
+        if reach not in REACHES:
+            raise ValueError(f"unknown reference reach '{reach}' (known: {', '.join(REACHES)})")
         self.fusion = fusion
+        self.reach = reach
         self.alpha = alpha
         if fusion == "theta":
             self.theta = nn.Parameter(torch.tensor([float(theta_init[0]), float(theta_init[1])]))
-        self.lca = WindowAttention(dim, num_heads)
+        self.lca = WindowAttention(dim, num_heads) if reach == "window" else MaskedAttention(dim, num_heads)
         self.mlka = MaskedAttention(dim, num_heads)
         self.fuse_norm = nn.LayerNorm(dim)
         self.ffn = Mlp(dim, ffn_ratio * dim, act_layer=nn.GELU)
@@ -77,7 +88,11 @@ class RLRLayer(nn.Module):
         far_mask: torch.Tensor,
     ) -> torch.Tensor:
         """tokens (B, N, d); references (K, N, d) embedded; window (N, w*w); far_mask (N, N) bool."""
-        lca = sum(self.lca(tokens, ref[None], ref[None], window_index, window_valid) for ref in references)
+        if self.reach == "window":
+            lca = sum(self.lca(tokens, ref[None], ref[None], window_index, window_valid) for ref in references)
+        else:
+            dictionary = references.reshape(1, -1, references.shape[-1])
+            lca = self.lca(tokens, dictionary, dictionary, None)
         mlka = self.mlka(tokens, references.mean(0, keepdim=True), tokens, far_mask)
         if self.fusion == "theta":
             mixed = self.theta[0] * mlka + self.theta[1] * lca
@@ -105,6 +120,7 @@ class LevelReconstructor(nn.Module):
         theta_init: tuple[float, float] = (1.0, 1.0),
         dropout: float = 0.0,
         input_dropout: float = 0.0,
+        reach: str = "window",
     ) -> None:
         super().__init__()
         height, width = map_size
@@ -117,7 +133,7 @@ class LevelReconstructor(nn.Module):
         self.input_dropout = nn.Dropout(input_dropout)  # the noisy bottleneck: active in training only
         self.reference_embed = nn.Linear(channels, dim)
         self.layers = nn.ModuleList(
-            RLRLayer(dim, num_heads, ffn_ratio, alpha, fusion, theta_init, dropout) for _ in range(num_layers)
+            RLRLayer(dim, num_heads, ffn_ratio, alpha, fusion, theta_init, dropout, reach) for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(dim)
         self.project = nn.Linear(dim, channels)
@@ -202,6 +218,7 @@ class RLR(Reconstructor):
         diversity_weight: float = 1.0,
         input_dropout: float = 0.0,
         init: str = "torch",
+        reach: str = "window",
     ) -> None:
         super().__init__()
         self.diversity_weight = diversity_weight
@@ -228,6 +245,7 @@ class RLR(Reconstructor):
                 theta_init,
                 dropout,
                 input_dropout,
+                reach,
             )
             for c, s, d, w in zip(channels, map_sizes, dims, windows)
         )
