@@ -26,7 +26,7 @@ class PlainMaskedAttention(MaskedAttention):
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor
     ) -> torch.Tensor:
-        """query (B, N, d); key, value (B or 1, N, d); allowed (N, N) bool -> (B, N, d)."""
+        """query (B, N, d); key, value (B or 1, M, d); allowed (N, M) bool -> (B, N, d)."""
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))

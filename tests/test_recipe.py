@@ -15,6 +15,8 @@ from rlr.models.rlr import RLR
 from rlr.presets import preset_config
 from rlr.scoring import gaussian_blur, image_scores
 
+from .reference import PlainMaskedAttention
+
 SMALL = ("model.hidden_dims=[16, 32]", "model.num_layers=1", "model.num_heads=2", "model.windows=[3, 3]")
 
 
@@ -160,12 +162,10 @@ def test_global_reach_has_the_same_parameters_and_one_softmax_over_all_reference
     layer, level = whole.levels[0].layers[0], whole.levels[0]
     tokens = torch.randn(2, 36, 16)
     references = level.embedded_references()  # (2, 36, 16)
-    q = layer.lca.q_proj(tokens).view(2, 36, 2, 8).transpose(1, 2)
-    k = layer.lca.k_proj(references.reshape(72, 16)).view(1, 72, 2, 8).transpose(1, 2)
-    v = layer.lca.v_proj(references.reshape(72, 16)).view(1, 72, 2, 8).transpose(1, 2)
-    weights = (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1)  # one softmax over both references' 72 tokens
-    expected = layer.lca.out_proj((weights @ v).transpose(1, 2).reshape(2, 36, 16))
     flat = references.reshape(1, 72, 16)
+    plain = PlainMaskedAttention(16, 2)  # the written-out softmax, here over both references' 72 tokens at once
+    plain.load_state_dict(layer.lca.state_dict())
+    expected = plain(tokens, flat, flat, torch.ones(36, 72, dtype=torch.bool))
     assert torch.allclose(layer.lca(tokens, flat, flat, None), expected, atol=1e-6)
     calls = []  # and the layer itself makes exactly that one call, with every reference's tokens
     read = layer.lca.forward
