@@ -209,3 +209,12 @@ def test_recipe_refuses_an_unknown_variant_in_one_line(tmp_path, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert errors[0].startswith("rlr: error: unknown variant 'nope'") and errors[1].endswith("belong to --study recipe")
     assert len(errors) == 2
+
+
+def test_every_cosine_loss_variant_is_scored_with_the_cosine_map() -> None:
+    """A model trained on the cosine loss alone leaves feature length free, so the MSE part of the paper's map is
+    noise (47 I-AUROC on realmini): each such recipe variant must score with the cosine map."""
+    cosine_trained = [v for v in RECIPE if "train.loss=cosine" in v.overrides]
+    assert cosine_trained
+    for variant in cosine_trained:
+        assert "eval.map_score=cosine" in variant.overrides, variant.slug

@@ -110,7 +110,12 @@ RECIPE = (
     Variant("paper recipe", "paper"),
     Variant("image score: mean of the top 1 %", "top1", ("eval.image_score_top_percent=1",)),
     Variant("anomaly map: cosine distance", "cosmap", ("eval.map_score=cosine",)),
-    Variant("cosine loss, hard mining 10 %", "hardcos", ("train.loss=cosine", "train.hard_fraction=0.1")),
+    # a model trained on the cosine loss alone is scored with the cosine map: its MSE part means nothing
+    Variant(
+        "cosine loss, hard mining 10 %, cosine map",
+        "hardcos",
+        ("train.loss=cosine", "train.hard_fraction=0.1", "eval.map_score=cosine"),
+    ),
     Variant("input dropout 0.2", "dropout", ("model.input_dropout=0.2",)),
     Variant("input dropout 0.2, no jitter", "dropout_nojitter", ("model.input_dropout=0.2", "train.jitter_scale=0")),
     Variant("cosine schedule, 100 warm-up steps", "warmcos", ("train.schedule=cosine", "train.warmup_steps=100")),
