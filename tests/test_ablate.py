@@ -10,15 +10,17 @@ import pytest
 
 from rlr.ablate import (
     RECIPE,
+    RECIPE_PLUS,
     config_hash,
     run_recipe,
     run_study,
     saved_activation_bytes,
+    seeded_configs,
     study_variants,
     training_hash,
 )
 from rlr.cli import main
-from rlr.config import EvalConfig, RunConfig
+from rlr.config import EvalConfig, RunConfig, load_config
 from rlr.errors import RlrError
 from rlr.models.rlr import RLR
 
@@ -218,3 +220,27 @@ def test_every_cosine_loss_variant_is_scored_with_the_cosine_map() -> None:
     assert cosine_trained
     for variant in cosine_trained:
         assert "eval.map_score=cosine" in variant.overrides, variant.slug
+
+
+@pytest.mark.parametrize(
+    "paper, plus", [("rlr_realmini_cpu.yaml", "rlr_plus_cpu.yaml"), ("rlr_mvtec.yaml", "rlr_plus_mvtec.yaml")]
+)
+def test_the_plus_presets_are_the_recipe_studys_combination(paper: str, plus: str) -> None:
+    """The plus presets are what the recipe study's `plus` row measures: the paper config with RECIPE_PLUS
+    applied, equal in every setting but the name, so the table, the benchmark and the paper-scale sibling agree."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    combined = load_config(configs / paper, RECIPE_PLUS).to_dict()
+    preset = load_config(configs / plus).to_dict()
+    assert {**combined, "name": ""} == {**preset, "name": ""}
+    assert next(v for v in RECIPE if v.slug == "plus").overrides == RECIPE_PLUS
+
+
+def test_a_user_override_of_a_variants_key_does_not_undo_the_variant() -> None:
+    """Every row gets the user's overrides, but the variant's own change is applied last: batch 8 for all
+    rows must leave the batch-4 row at 4 (otherwise it would silently repeat the paper row)."""
+    batch4 = next(v for v in RECIPE if v.slug == "batch4")
+    paper = next(v for v in RECIPE if v.slug == "paper")
+    user = ("train.batch_size=8", "train.epochs=3")
+    (varied,), (base,) = (seeded_configs(v, None, user, None) for v in (batch4, paper))
+    assert (varied.train.batch_size, base.train.batch_size) == (4, 8)
+    assert varied.train.epochs == base.train.epochs == 3

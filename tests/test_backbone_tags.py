@@ -18,6 +18,7 @@ PINNED = {
     # the RLR release loads tf_efficientnet_b6_aa-80ba17e4.pth (AutoAugment)
     "rlr_mvtec.yaml": ("tf_efficientnet_b6", "aa_in1k", [72, 200]),
     "rlr_visa.yaml": ("tf_efficientnet_b6", "aa_in1k", [72, 200]),
+    "rlr_plus_mvtec.yaml": ("tf_efficientnet_b6", "aa_in1k", [72, 200]),
     # the UniAD release loads lukemelas' efficientnet-b4-6ed6700e.pth: TF 'same' padding, AutoAugment
     "uniad_mvtec.yaml": ("tf_efficientnet_b4", "aa_in1k", [24, 32, 56, 160]),
 }
